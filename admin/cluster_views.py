@@ -1,0 +1,137 @@
+"""The cluster page, the live snapshot API and the live stream (Server-Sent Events).
+
+The page is drawn from the hub's latest snapshot, so it is useful even without
+JavaScript; console.js then keeps it current from ``/api/live``, which pushes one
+``snapshot`` event a second (the first one carries the chart history too) and ends with a
+``session-ended`` event when the operator's session is over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from admin.app_keys import CLOCK_MS, HUB, METRICS, STORE, session_of
+from admin.formatting import duration_s, time_ms
+from admin.layout import page
+from admin.live import Snapshot, TooManySubscribers
+from admin.render import Markup, join, render, tag
+from admin.security import UNAVAILABLE, problem
+from admin.sessions import still_live
+
+log = logging.getLogger("admin.live")
+
+SSE_RETRY_MS = 2000  # how soon a browser reconnects a dropped stream
+
+
+def _cell(key: str, value: object) -> Markup:
+    return tag("td", "" if value is None else str(value), data_k=key)
+
+
+def node_row(node: dict[str, Any]) -> Markup:
+    up = bool(node.get("up"))
+    return tag(
+        "tr",
+        [
+            _cell("id", node.get("id")),
+            _cell("api", node.get("api")),
+            tag("td", "up" if up else "down", data_k="health", class_="up" if up else "down"),
+            _cell("role", node.get("role")),
+            _cell("term", node.get("term")),
+            _cell("commit_index", node.get("commit_index")),
+            _cell("lag", node.get("lag")),
+            _cell("log_size", node.get("log_size")),
+            _cell("uptime", duration_s(node.get("uptime_s"))),
+        ],
+        data_node=str(node.get("id")),
+        data_up="true" if up else "false",
+        data_role=str(node.get("role")),
+    )
+
+
+def gateway_row(gateway: dict[str, Any]) -> Markup:
+    up = bool(gateway.get("up"))
+    total, rate = gateway.get("requests_total"), gateway.get("rate_per_s")
+    return tag(
+        "tr",
+        [
+            _cell("id", gateway.get("id")),
+            _cell("listen", gateway.get("listen")),
+            tag("td", "up" if up else "down", data_k="health", class_="up" if up else "down"),
+            _cell("requests_total", "" if total is None else f"{total:.0f}"),
+            _cell("rate_per_s", "" if rate is None else f"{rate:.1f}"),
+        ],
+        data_gateway=str(gateway.get("id")),
+        data_up="true" if up else "false",
+    )
+
+
+async def cluster_page(request: web.Request) -> web.StreamResponse:
+    snapshot = request.app[HUB].latest or {}
+    nodes = snapshot.get("nodes", [])
+    gateways = snapshot.get("gateways", [])
+    content = render(
+        "cluster.html",
+        {
+            "leader": snapshot.get("leader") or "none",
+            "updated": time_ms(snapshot.get("at_ms"), "not yet"),
+            "node_rows": join(node_row(n) for n in nodes),
+            "gateway_rows": join(gateway_row(g) for g in gateways)
+            or Markup('<tr class="empty"><td colspan="5">no gateways configured</td></tr>'),
+        },
+    )
+    return page(request, title="Cluster", page_id="cluster", content=content)
+
+
+async def cluster_api(request: web.Request) -> web.StreamResponse:
+    """GET /api/cluster: the latest snapshot as JSON."""
+    snapshot = request.app[HUB].latest
+    if snapshot is None:
+        return problem(503, UNAVAILABLE, "No snapshot yet", "the console is still starting")
+    return web.json_response(snapshot)
+
+
+def _event(name: str, data: Snapshot) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def live_stream(request: web.Request) -> web.StreamResponse:
+    """GET /api/live: Server-Sent Events, one snapshot a second."""
+    session = session_of(request)
+    hub, store, clock = request.app[HUB], request.app[STORE], request.app[CLOCK_MS]
+    gauge = request.app[METRICS].live_streams
+    try:
+        sub = hub.subscribe()
+    except TooManySubscribers as exc:
+        return problem(503, UNAVAILABLE, "Too many live streams", str(exc))
+    gauge.inc()
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    try:
+        await response.prepare(request)
+        await response.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
+        first = hub.latest or await sub.next()
+        if first is not None:
+            await response.write(_event("snapshot", {**first, "history": list(hub.history)}))
+        while first is not None:
+            snapshot = await sub.next()
+            if snapshot is None:
+                break
+            if not still_live(store, session, now_ms=clock()):
+                await response.write(_event("session-ended", {}))
+                break
+            await response.write(_event("snapshot", snapshot))
+    except ConnectionError:
+        log.debug("live stream closed by the browser")
+    finally:
+        gauge.dec()
+        hub.unsubscribe(sub)
+    return response
