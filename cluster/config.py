@@ -9,12 +9,17 @@ a ``ClusterConfig``. Every error names the offending key and value. Relative pat
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ledger.limits import MAX_COMMANDS_PER_ENTRY
 
 DEV_SECRET = "dev-insecure-change-me"
 ENV_PREFIX = "FLASHSALE_"
@@ -89,6 +94,77 @@ class LedgerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """[gateway]: settings shared by every gateway process."""
+
+    batch_window_ms: int = 2  # how long a write waits for companions before its batch leaves
+    max_batch: int = 500  # commands in one submitted batch (<= ledger MAX_COMMANDS_PER_ENTRY)
+    max_in_flight_batches: int = 1  # batches submitted, not yet answered (1: strict FIFO)
+    queue_limit: int = 10_000  # writes waiting for a batch; beyond it the gateway sheds (503)
+    request_deadline_ms: int = 10_000  # a write answers within this, whatever the cluster does
+    feed_wait_ms: int = 10_000  # long-poll wait of the edge cache's feed requests
+    token_ttl_s: int = 86_400  # lifetime of shopper tokens issued by `flashsale token`
+    tls_cert: Path | None = None  # PEM certificate chain; with tls_key the gateways serve HTTPS
+    tls_key: Path | None = None  # PEM private key; without TLS a gateway listens on loopback only
+
+
+# The development master key for personal data: public, so anything sealed with it is
+# readable by anyone. ``pii`` refuses it in production mode (pii.keyring.Keyring).
+DEV_MASTER_KEY_ID = "dev"
+DEV_MASTER_KEY_B64 = "N+Y8rAoEroVdSX/MuMWwEm4QAkGHo6L0bUHlgl2iCZo="
+MASTER_KEY_BYTES = 32  # AES-256
+MASTER_KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+
+@dataclass(frozen=True, slots=True)
+class MasterKey:
+    """One master key of [pii].master_keys; ``secret`` never shows in a repr or a log."""
+
+    key_id: str
+    secret: bytes = field(repr=False)
+
+    @property
+    def is_development_default(self) -> bool:
+        return self.secret == base64.b64decode(DEV_MASTER_KEY_B64)
+
+
+@dataclass(frozen=True, slots=True)
+class PiiConfig:
+    """[pii]: the master keys that wrap every shopper's data key, and the one that wraps
+    new keys (``active_key``; ``flashsale keys rotate`` re-wraps the others under it)."""
+
+    master_keys: tuple[MasterKey, ...]
+    active_key: str
+
+    def master_key(self, key_id: str) -> MasterKey | None:
+        for key in self.master_keys:
+            if key.key_id == key_id:
+                return key
+        return None
+
+    @property
+    def active(self) -> MasterKey:
+        key = self.master_key(self.active_key)
+        if key is None:
+            raise ConfigError(f"pii.active_key={self.active_key!r} is not in pii.master_keys")
+        return key
+
+
+def _dev_pii() -> PiiConfig:
+    key = MasterKey(DEV_MASTER_KEY_ID, base64.b64decode(DEV_MASTER_KEY_B64))
+    return PiiConfig((key,), DEV_MASTER_KEY_ID)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotsConfig:
+    """[snapshots]: the order-snapshot writer (``flashsale snapshots``)."""
+
+    listen: HostPort | None = None  # /metrics and /healthz; None: no HTTP server
+    batch_events: int = 5_000  # events asked per feed page (one store transaction)
+    feed_wait_ms: int = 10_000  # long-poll wait of the writer's feed requests
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
     data_dir: Path
@@ -101,6 +177,9 @@ class ClusterConfig:
     storage: StorageConfig
     raft: RaftConfig = field(default_factory=RaftConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    gateway_settings: GatewaySettings = field(default_factory=GatewaySettings)
+    pii: PiiConfig = field(default_factory=_dev_pii)
+    snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     path: Path | None = None  # the file it was read from
 
     def node(self, node_id: str) -> NodeConfig:
@@ -174,6 +253,9 @@ def apply_env_overrides(data: dict[str, Any], env: Mapping[str, str]) -> dict[st
 
 def _int(table: Mapping[str, Any], key: str, section: str, default: int, lo: int) -> int:
     value = table.get(key, default)
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+        # An environment override of a key the file leaves at its default arrives as text.
+        value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < lo:
         raise ConfigError(f"{section}.{key}={value!r}: expected an integer >= {lo}")
     return value
@@ -186,7 +268,9 @@ def _str(table: Mapping[str, Any], key: str, section: str, default: str | None =
     return value
 
 
-def build_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = None) -> ClusterConfig:
+def build_config(
+    data: Mapping[str, Any], base_dir: Path, path: Path | None = None
+) -> ClusterConfig:
     """Build and validate a ClusterConfig from raw (already overridden) TOML data."""
     c = data.get("cluster", {})
     name = _str(c, "name", "cluster", "local")
@@ -259,11 +343,15 @@ def build_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         payment_ttl_s=_int(lg, "payment_ttl_s", "ledger", 600, 1),
         retention_s=_int(lg, "retention_s", "ledger", 3600, 1),
     )
+    gateway_settings = _gateway_settings(data.get("gateway", {}), base_dir)
+    pii = _pii(data.get("pii", {}))
+    snapshots = _snapshots(data.get("snapshots", {}))
 
     _check_unique("node id", [n.id for n in nodes])
     _check_unique("gateway id", [g.id for g in gateways])
     addrs = [str(n.raft) for n in nodes] + [str(n.api) for n in nodes]
     addrs += [str(g.listen) for g in gateways] + [str(admin.listen)]
+    addrs += [str(snapshots.listen)] if snapshots.listen is not None else []
     _check_unique("listen address", addrs)
     return ClusterConfig(
         name=name,
@@ -277,8 +365,117 @@ def build_config(data: Mapping[str, Any], base_dir: Path, path: Path | None = No
         storage=StorageConfig(storage_url),
         raft=raft,
         ledger=ledger,
+        gateway_settings=gateway_settings,
+        pii=pii,
+        snapshots=snapshots,
         path=path,
     )
+
+
+def _optional_path(table: Mapping[str, Any], key: str, section: str, base_dir: Path) -> Path | None:
+    if table.get(key) in (None, ""):
+        return None
+    path = Path(_str(table, key, section))
+    return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def _gateway_settings(g: Mapping[str, Any], base_dir: Path) -> GatewaySettings:
+    d = GatewaySettings()
+    settings = GatewaySettings(
+        batch_window_ms=_int(g, "batch_window_ms", "gateway", d.batch_window_ms, 0),
+        max_batch=_int(g, "max_batch", "gateway", d.max_batch, 1),
+        max_in_flight_batches=_int(
+            g, "max_in_flight_batches", "gateway", d.max_in_flight_batches, 1
+        ),
+        queue_limit=_int(g, "queue_limit", "gateway", d.queue_limit, 1),
+        request_deadline_ms=_int(g, "request_deadline_ms", "gateway", d.request_deadline_ms, 100),
+        feed_wait_ms=_int(g, "feed_wait_ms", "gateway", d.feed_wait_ms, 0),
+        token_ttl_s=_int(g, "token_ttl_s", "gateway", d.token_ttl_s, 1),
+        tls_cert=_optional_path(g, "tls_cert", "gateway", base_dir),
+        tls_key=_optional_path(g, "tls_key", "gateway", base_dir),
+    )
+    if (settings.tls_cert is None) != (settings.tls_key is None):
+        raise ConfigError("gateway.tls_cert and gateway.tls_key: set both (HTTPS) or neither")
+    if settings.max_batch > MAX_COMMANDS_PER_ENTRY:
+        raise ConfigError(
+            f"gateway.max_batch={settings.max_batch}: at most {MAX_COMMANDS_PER_ENTRY} "
+            "commands fit in one ledger entry"
+        )
+    if settings.feed_wait_ms > 30_000:
+        raise ConfigError(
+            f"gateway.feed_wait_ms={settings.feed_wait_ms}: nodes long-poll at most 30000 ms"
+        )
+    return settings
+
+
+def _master_keys(value: object) -> list[tuple[str, object]]:
+    """[pii].master_keys as (id, base64) pairs: a TOML table, or the text
+    ``id=base64,id=base64`` of an environment override (FLASHSALE_PII__MASTER_KEYS)."""
+    if isinstance(value, Mapping):
+        return [(str(k), v) for k, v in value.items()]
+    if isinstance(value, str):
+        pairs: list[tuple[str, object]] = []
+        for item in value.split(","):
+            key_id, sep, secret = item.strip().partition("=")
+            if not sep:
+                raise ConfigError("pii.master_keys: expected 'id=base64,id=base64' (value hidden)")
+            pairs.append((key_id.strip(), secret.strip()))
+        return pairs
+    raise ConfigError(
+        f"pii.master_keys: expected a table of id = base64, got {type(value).__name__}"
+    )
+
+
+def _pii(p: Mapping[str, Any]) -> PiiConfig:
+    if "master_keys" not in p and "active_key" not in p:
+        return _dev_pii()
+    keys: list[MasterKey] = []
+    for key_id, raw in _master_keys(p.get("master_keys", {})):
+        if not MASTER_KEY_ID_PATTERN.fullmatch(key_id):
+            raise ConfigError(
+                f"pii.master_keys: key id {key_id!r} must be 1..32 of A-Z a-z 0-9 _ -"
+            )
+        try:
+            secret = base64.b64decode(str(raw), validate=True)
+        except (binascii.Error, ValueError):
+            secret = b""
+        if len(secret) != MASTER_KEY_BYTES:
+            # Never echo the value: it is a secret.
+            raise ConfigError(
+                f"pii.master_keys.{key_id}: expected the base64 of {MASTER_KEY_BYTES} random "
+                "bytes (value hidden)"
+            )
+        keys.append(MasterKey(key_id, secret))
+    if not keys:
+        raise ConfigError("pii.master_keys: at least one master key is required")
+    _check_unique("pii master key id", [k.key_id for k in keys])
+    active = _str(p, "active_key", "pii", keys[0].key_id if len(keys) == 1 else None)
+    config = PiiConfig(tuple(keys), active)
+    if config.master_key(active) is None:
+        raise ConfigError(
+            f"pii.active_key={active!r}: not one of pii.master_keys {[k.key_id for k in keys]}"
+        )
+    return config
+
+
+def _snapshots(s: Mapping[str, Any]) -> SnapshotsConfig:
+    d = SnapshotsConfig()
+    listen = s.get("listen")
+    config = SnapshotsConfig(
+        listen=None if listen in (None, "") else parse_hostport(listen, "snapshots.listen"),
+        batch_events=_int(s, "batch_events", "snapshots", d.batch_events, 1),
+        feed_wait_ms=_int(s, "feed_wait_ms", "snapshots", d.feed_wait_ms, 0),
+    )
+    if config.batch_events > 10_000:
+        raise ConfigError(
+            f"snapshots.batch_events={config.batch_events}: nodes serve at most 10000 "
+            "events per feed page"
+        )
+    if config.feed_wait_ms > 30_000:
+        raise ConfigError(
+            f"snapshots.feed_wait_ms={config.feed_wait_ms}: nodes long-poll at most 30000 ms"
+        )
+    return config
 
 
 def _check_unique(what: str, values: list[str]) -> None:
@@ -289,7 +486,9 @@ def _check_unique(what: str, values: list[str]) -> None:
         seen.add(v)
 
 
-def load_config(path: str | Path = "cluster.toml", env: Mapping[str, str] | None = None) -> ClusterConfig:
+def load_config(
+    path: str | Path = "cluster.toml", env: Mapping[str, str] | None = None
+) -> ClusterConfig:
     """Read, override from the environment, and validate a cluster config file."""
     p = Path(path).resolve()
     try:

@@ -1,0 +1,25 @@
+"""Personal details (shipping address, email) on their way into the ledger.
+
+Theory of operation: the ledger stores a checkout's personal details as opaque text
+(``Checkout.sealed_details``) and never reads them. ``seal_details`` is the single place
+where the gateway turns them into that text; everything else passes the result along.
+It seals them with AES-256-GCM under the shopper's data key (``pii``, see docs/DATA.md);
+sealing is deterministic, so a retried checkout produces the very same command and its
+idempotency key matches. The process must call ``pii.gateway.install_sealer(config)`` at
+start; until then sealing fails rather than let personal data out in clear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import pii.gateway
+
+SEAL_FORMAT = "json/v1"
+
+
+def seal_details(user_id: str, details: Mapping[str, object]) -> str:
+    """The opaque text carried in the ledger for ``user_id``'s personal ``details``:
+    ``v1.<key_id>.<user_id>.<ciphertext>`` (``pii.envelope``). Raises
+    ``pii.sealing.DetailsTooLarge`` (a ValueError) beyond the ledger's text limit."""
+    return pii.gateway.seal_details(user_id, details)
