@@ -1,0 +1,1 @@
+"""flashsale tests (a package, so ``tests.support`` is importable from every test)."""

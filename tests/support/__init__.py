@@ -1,0 +1,1 @@
+"""Shared test support: the one harness that starts real clusters (``cluster.py``)."""
