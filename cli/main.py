@@ -133,6 +133,13 @@ def build_parser() -> Parser:
     gateway.add_argument("id", help="gateway id from [[gateways]]")
     gateway.set_defaults(handler=cmd_gateway)
 
+    sandbox = sub.add_parser(
+        "payments-sandbox",
+        parents=[common],
+        help="run the sandbox payment service ([payments].sandbox_listen)",
+    )
+    sandbox.set_defaults(handler=cmd_payments_sandbox)
+
     admin = sub.add_parser(
         "admin", parents=[common], help="run the admin console, or create a console account"
     )
@@ -223,6 +230,33 @@ def build_parser() -> Parser:
         "check", parents=[common], help="validate the config and print the effective values"
     )
     check.set_defaults(handler=cmd_config_check)
+
+    chaos = sub.add_parser("chaos", help="faults during a live sale, then a verdict")
+    chsub = chaos.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=Parser
+    )
+    chaos_run = chsub.add_parser(
+        "run", help="start a cluster, sell under a fault scenario, check every invariant"
+    )
+    chaos_run.add_argument(
+        "--scenario",
+        default="mixed",
+        metavar="NAME",
+        help="leader-kill, follower-kill, pause, partition-leader, partition-majority, "
+        "full-restart or mixed (default)",
+    )
+    chaos_run.add_argument(
+        "--duration", type=bounded_int(5, 24 * 3600), default=180, metavar="S",
+        help="seconds of selling under faults (default 180)",
+    )
+    chaos_run.add_argument(
+        "--seed", type=bounded_int(0, 2**63 - 1), metavar="N",
+        help="repeat a run: same faults, same shopper choices (default: random, printed)",
+    )
+    chaos_run.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (default var/chaos/NAME-SEED)"
+    )
+    chaos_run.set_defaults(handler=cmd_chaos_run)
     return parser
 
 
@@ -288,6 +322,13 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     config = load(args)
     config.gateway(args.id)
     return run_server("gateway.server", config, args.id)
+
+
+def cmd_payments_sandbox(args: argparse.Namespace) -> int:
+    config = load(args)
+    if config.payments.sandbox_listen is None:
+        raise Failure("payments.sandbox_listen is not set in the config", EXIT_USAGE)
+    return run_server("payments.sandbox", config)
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
@@ -461,6 +502,18 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(json.dumps(effective_config(config), indent=2, default=str))
     print(f"config OK: {config.path}", file=sys.stderr)
     return 0
+
+
+def cmd_chaos_run(args: argparse.Namespace) -> int:
+    # Imported here: only this subcommand needs the chaos package.
+    from chaos.run import run_chaos
+    from chaos.scenarios import SCENARIOS
+
+    if args.scenario not in SCENARIOS:
+        raise Failure(
+            f"unknown scenario {args.scenario!r}: one of {', '.join(SCENARIOS)}", EXIT_USAGE
+        )
+    return run_chaos(args.scenario, args.duration, args.seed, args.out)
 
 
 # -- entry point -------------------------------------------------------------------------

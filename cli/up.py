@@ -89,6 +89,21 @@ def plan(
         ]
     else:
         skipped.append("gateway.server is not installed: skipping the gateways")
+    sandbox = config.payments.sandbox_listen
+    if sandbox is not None and module_present("payments.sandbox"):
+        # A provider the gateways call: it stops with the edge, after them (a lower tier).
+        parts.append(
+            Part(
+                ChildSpec(
+                    "payments-sandbox",
+                    argv("payments-sandbox"),
+                    logs / "payments-sandbox.log",
+                    NODE_TIER,
+                ),
+                (sandbox,),
+                sandbox.url,
+            )
+        )
     if module_present("admin.server"):
         parts.append(
             Part(

@@ -106,10 +106,13 @@ class GatewaySettings:
     token_ttl_s: int = 86_400  # lifetime of shopper tokens issued by `flashsale token`
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the gateways serve HTTPS
     tls_key: Path | None = None  # PEM private key; without TLS a gateway listens on loopback only
+    # POST /session/guest mints a token for a fresh random shopper (the demo shop page).
+    # None: on in development mode, off in production; true/false decides explicitly.
+    guest_sessions: bool | None = None
 
 
 # The development master key for personal data: public, so anything sealed with it is
-# readable by anyone. ``pii`` refuses it in production mode (pii.keyring.Keyring).
+# readable by anyone. Production mode refuses it at load (and pii.keyring.Keyring again).
 DEV_MASTER_KEY_ID = "dev"
 DEV_MASTER_KEY_B64 = "N+Y8rAoEroVdSX/MuMWwEm4QAkGHo6L0bUHlgl2iCZo="
 MASTER_KEY_BYTES = 32  # AES-256
@@ -164,6 +167,72 @@ class SnapshotsConfig:
     feed_wait_ms: int = 10_000  # long-poll wait of the writer's feed requests
 
 
+PAYMENT_PROVIDERS = ("stripe", "paypal")  # the implementations in payments/
+DEV_STRIPE_API_KEY = "sk_test_flashsale_sandbox"  # development default: the sandbox's key
+DEV_PAYPAL_CLIENT_SECRET = "flashsale-sandbox-secret"  # development default, sandbox only
+MAX_CHARGE_TIMEOUT_MS = 120_000
+
+
+class SecretText:
+    """A secret from the config: shows as ``<hidden>`` in reprs, logs and ``config check``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretText) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> SecretText:
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentsConfig:
+    """[payments]: providers tried in order, their endpoints, and the sandbox service.
+
+    Flat keys (``stripe_api_base`` rather than a [payments.stripe] table) so that each is
+    overridable as ``FLASHSALE_PAYMENTS__<KEY>``. Webhook secrets left empty are derived
+    from the cluster secret (payments.webhooks), which the sandbox derives the same way.
+    The development credentials are refused in production mode when the providers are
+    built (payments.service.build_providers), as the PII development key is when used.
+    """
+
+    providers: tuple[str, ...] = ()  # tried in this order; empty: /payment answers 503
+    charge_timeout_ms: int = 10_000  # no answer by then: the outcome is unknown (pending)
+    breaker_failure_threshold: int = 5  # consecutive failures that open a provider's breaker
+    breaker_cooldown_ms: int = 10_000  # open -> half-open (one probe) after this
+    reconcile_period_ms: int = 5_000  # how often unknown attempts are asked about
+    void_after_ms: int = 900_000  # a charge the provider never saw is given up after this
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_api_key: SecretText = field(default_factory=lambda: SecretText(DEV_STRIPE_API_KEY))
+    stripe_webhook_secret: SecretText | None = None
+    paypal_api_base: str = "https://api-m.sandbox.paypal.com"
+    paypal_client_id: str = "flashsale-sandbox"
+    paypal_client_secret: SecretText = field(
+        default_factory=lambda: SecretText(DEV_PAYPAL_CLIENT_SECRET)
+    )
+    paypal_webhook_id: str = "flashsale-webhook"
+    paypal_webhook_secret: SecretText | None = None
+    sandbox_listen: HostPort | None = None  # set: `flashsale up` runs the sandbox there
+    sandbox_latency_ms: int = 0  # every sandbox answer waits this long
+    sandbox_decline_rate: float = 0.0  # share of otherwise-good charges declined (seeded)
+    sandbox_seed: int = 1
+    sandbox_webhook_url: str = ""  # base URL; the sandbox posts to <url>/stripe and /paypal
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
@@ -180,6 +249,7 @@ class ClusterConfig:
     gateway_settings: GatewaySettings = field(default_factory=GatewaySettings)
     pii: PiiConfig = field(default_factory=_dev_pii)
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
+    payments: PaymentsConfig = field(default_factory=PaymentsConfig)
     path: Path | None = None  # the file it was read from
 
     def node(self, node_id: str) -> NodeConfig:
@@ -345,13 +415,17 @@ def build_config(
     )
     gateway_settings = _gateway_settings(data.get("gateway", {}), base_dir)
     pii = _pii(data.get("pii", {}))
+    if mode == "production":
+        _refuse_development_master_keys(pii)
     snapshots = _snapshots(data.get("snapshots", {}))
+    payments = _payments(data.get("payments", {}))
 
     _check_unique("node id", [n.id for n in nodes])
     _check_unique("gateway id", [g.id for g in gateways])
     addrs = [str(n.raft) for n in nodes] + [str(n.api) for n in nodes]
     addrs += [str(g.listen) for g in gateways] + [str(admin.listen)]
     addrs += [str(snapshots.listen)] if snapshots.listen is not None else []
+    addrs += [str(payments.sandbox_listen)] if payments.sandbox_listen is not None else []
     _check_unique("listen address", addrs)
     return ClusterConfig(
         name=name,
@@ -368,6 +442,7 @@ def build_config(
         gateway_settings=gateway_settings,
         pii=pii,
         snapshots=snapshots,
+        payments=payments,
         path=path,
     )
 
@@ -377,6 +452,15 @@ def _optional_path(table: Mapping[str, Any], key: str, section: str, base_dir: P
         return None
     path = Path(_str(table, key, section))
     return path if path.is_absolute() else (base_dir / path).resolve()
+
+
+def _optional_bool(table: Mapping[str, Any], key: str, section: str) -> bool | None:
+    value = table.get(key)
+    if isinstance(value, str):  # an environment override of a key the file leaves out
+        value = {"true": True, "false": False, "": None}.get(value.strip().lower(), value)
+    if value is None or isinstance(value, bool):
+        return value
+    raise ConfigError(f"{section}.{key}={value!r}: expected true or false")
 
 
 def _gateway_settings(g: Mapping[str, Any], base_dir: Path) -> GatewaySettings:
@@ -393,6 +477,7 @@ def _gateway_settings(g: Mapping[str, Any], base_dir: Path) -> GatewaySettings:
         token_ttl_s=_int(g, "token_ttl_s", "gateway", d.token_ttl_s, 1),
         tls_cert=_optional_path(g, "tls_cert", "gateway", base_dir),
         tls_key=_optional_path(g, "tls_key", "gateway", base_dir),
+        guest_sessions=_optional_bool(g, "guest_sessions", "gateway"),
     )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("gateway.tls_cert and gateway.tls_key: set both (HTTPS) or neither")
@@ -458,6 +543,17 @@ def _pii(p: Mapping[str, Any]) -> PiiConfig:
     return config
 
 
+def _refuse_development_master_keys(pii: PiiConfig) -> None:
+    # Refused at load, not only when a key store opens: a production process must not
+    # start (and seal anything) with a key anyone can read. Names the id, never the key.
+    for key in pii.master_keys:
+        if key.is_development_default:
+            raise ConfigError(
+                f"pii.master_keys.{key.key_id} is the public development key, refused in "
+                "production mode (set FLASHSALE_PII__MASTER_KEYS and FLASHSALE_PII__ACTIVE_KEY)"
+            )
+
+
 def _snapshots(s: Mapping[str, Any]) -> SnapshotsConfig:
     d = SnapshotsConfig()
     listen = s.get("listen")
@@ -474,6 +570,85 @@ def _snapshots(s: Mapping[str, Any]) -> SnapshotsConfig:
     if config.feed_wait_ms > 30_000:
         raise ConfigError(
             f"snapshots.feed_wait_ms={config.feed_wait_ms}: nodes long-poll at most 30000 ms"
+        )
+    return config
+
+
+def _url(table: Mapping[str, Any], key: str, default: str, *, empty: bool = False) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str):
+        raise ConfigError(f"payments.{key}={value!r}: expected an http(s) URL")
+    if empty and value == "":
+        return value
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+        raise ConfigError(f"payments.{key}={value!r}: expected an http(s) URL")
+    return value.rstrip("/")
+
+
+def _secret(table: Mapping[str, Any], key: str, default: str | None) -> SecretText | None:
+    value = table.get(key, default)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"payments.{key}: expected a string (value hidden)")
+    return SecretText(value)
+
+
+def _payments(p: Mapping[str, Any]) -> PaymentsConfig:
+    d = PaymentsConfig()
+    raw = p.get("providers", [])
+    if isinstance(raw, str):  # FLASHSALE_PAYMENTS__PROVIDERS="stripe,paypal"
+        raw = [x.strip() for x in raw.split(",") if x.strip()]
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ConfigError(f"payments.providers={raw!r}: expected a list of provider names")
+    for name in raw:
+        if name not in PAYMENT_PROVIDERS:
+            raise ConfigError(
+                f"payments.providers: unknown provider {name!r} (known: {list(PAYMENT_PROVIDERS)})"
+            )
+    _check_unique("payments provider", list(raw))
+    rate = p.get("sandbox_decline_rate", d.sandbox_decline_rate)
+    try:
+        decline_rate = float(rate) if not isinstance(rate, bool) else -1.0
+    except (TypeError, ValueError):
+        decline_rate = -1.0
+    if not 0.0 <= decline_rate <= 1.0:
+        raise ConfigError(f"payments.sandbox_decline_rate={rate!r}: expected 0.0 .. 1.0")
+    listen = p.get("sandbox_listen")
+    stripe_key = _secret(p, "stripe_api_key", DEV_STRIPE_API_KEY)
+    paypal_secret = _secret(p, "paypal_client_secret", DEV_PAYPAL_CLIENT_SECRET)
+    if stripe_key is None or paypal_secret is None:
+        raise ConfigError("payments.stripe_api_key and payments.paypal_client_secret: "
+                          "expected a non-empty string (value hidden)")
+    config = PaymentsConfig(
+        providers=tuple(raw),
+        charge_timeout_ms=_int(p, "charge_timeout_ms", "payments", d.charge_timeout_ms, 100),
+        breaker_failure_threshold=_int(
+            p, "breaker_failure_threshold", "payments", d.breaker_failure_threshold, 1
+        ),
+        breaker_cooldown_ms=_int(p, "breaker_cooldown_ms", "payments", d.breaker_cooldown_ms, 1),
+        reconcile_period_ms=_int(p, "reconcile_period_ms", "payments", d.reconcile_period_ms, 10),
+        void_after_ms=_int(p, "void_after_ms", "payments", d.void_after_ms, 0),
+        stripe_api_base=_url(p, "stripe_api_base", d.stripe_api_base),
+        stripe_api_key=stripe_key,
+        stripe_webhook_secret=_secret(p, "stripe_webhook_secret", None),
+        paypal_api_base=_url(p, "paypal_api_base", d.paypal_api_base),
+        paypal_client_id=_str(p, "paypal_client_id", "payments", d.paypal_client_id),
+        paypal_client_secret=paypal_secret,
+        paypal_webhook_id=_str(p, "paypal_webhook_id", "payments", d.paypal_webhook_id),
+        paypal_webhook_secret=_secret(p, "paypal_webhook_secret", None),
+        sandbox_listen=None
+        if listen in (None, "")
+        else parse_hostport(listen, "payments.sandbox_listen"),
+        sandbox_latency_ms=_int(p, "sandbox_latency_ms", "payments", d.sandbox_latency_ms, 0),
+        sandbox_decline_rate=decline_rate,
+        sandbox_seed=_int(p, "sandbox_seed", "payments", d.sandbox_seed, 0),
+        sandbox_webhook_url=_url(p, "sandbox_webhook_url", "", empty=True),
+    )
+    if config.charge_timeout_ms > MAX_CHARGE_TIMEOUT_MS:
+        raise ConfigError(
+            f"payments.charge_timeout_ms={config.charge_timeout_ms}: at most "
+            f"{MAX_CHARGE_TIMEOUT_MS}"
         )
     return config
 

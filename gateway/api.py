@@ -25,12 +25,15 @@ from gateway.bodies import parse_checkout, parse_id, parse_reserve, read_json
 from gateway.idempotency import HEADER, ledger_key, new_client_key, valid_client_key
 from gateway.identity import InvalidToken, bearer_user
 from gateway.openapi import openapi_document
+from gateway.payment import PAYMENTS, parse_payment, payment_result, webhook_notice
 from gateway.pii import seal_details
 from gateway.problems import (
     Problem,
     from_exception,
     invalid_input,
     not_found,
+    payment_declined,
+    payment_refunded,
     rejection,
     sold_out,
     unauthorized,
@@ -244,6 +247,52 @@ async def release(request: web.Request) -> web.Response:
     return await _keyed(key, write)
 
 
+async def payment(request: web.Request) -> web.Response:
+    """POST /payment {order_id, payment_method, amount}: charge, record, answer.
+
+    200 paid (also for a repeat of a paid order: one charge), 202 outcome pending (the
+    reconciler settles it), 402 declined (retry until the deadline).
+    """
+    user = _shopper(request)
+    key = _client_key(request)
+
+    async def write() -> web.Response:
+        body = parse_payment(await read_json(request))
+        answer = await request.app[PAYMENTS].pay(
+            user, body.order_id, body.payment_method, body.amount
+        )
+        result = payment_result(answer)
+        if answer.kind == "declined":
+            raise payment_declined(
+                **result, decline_code=answer.decline_code, pay_by_ms=answer.pay_by_ms
+            )
+        if answer.kind == "refunded":
+            raise payment_refunded(**result)
+        return _json(result, status=202 if answer.kind == "pending" else 200)
+
+    return await _keyed(key, write)
+
+
+async def webhook(request: web.Request) -> web.Response:
+    """POST /webhooks/{provider}: a provider's signed event about a charge."""
+    state = _state(request)
+    body = await request.read()
+    notice = webhook_notice(state, request.match_info["provider"], body, request.headers)
+    if notice is None:
+        return _json({"received": True, "settled": "ignored"})
+    settled = await request.app[PAYMENTS].settle_notice(
+        provider=notice.provider,
+        order_id=notice.order_id,
+        attempt_no=notice.attempt_no,
+        key=notice.attempt_key,
+        succeeded=notice.outcome == "succeeded",
+        transaction_id=notice.transaction_id,
+        amount_minor=notice.amount_minor,
+        currency=notice.currency,
+    )
+    return _json({"received": True, "settled": settled.kind})
+
+
 # -- reads -----------------------------------------------------------------------------
 
 
@@ -394,6 +443,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/add-to-cart", add_to_cart)
     app.router.add_post("/reserve-inventory", reserve_inventory)
     app.router.add_post("/checkout", checkout)
+    app.router.add_post("/payment", payment)
+    app.router.add_post("/webhooks/{provider}", webhook)
     app.router.add_get("/inventory/{product_id}", inventory, allow_head=False)
     app.router.add_get("/products", products, allow_head=False)
     app.router.add_get("/products/{product_id}", product, allow_head=False)

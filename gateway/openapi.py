@@ -22,6 +22,7 @@ from gateway.bodies import (
 from gateway.idempotency import MAX_CLIENT_KEY_LEN
 from gateway.identity import MAX_USER_ID_LEN
 from gateway.problems import PROBLEM_BASE
+from gateway.shop_openapi import shop_paths
 from ledger.limits import MAX_ID_LEN, MAX_QUANTITY
 
 API_VERSION = "1.0.0"
@@ -60,6 +61,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
         403: "user_id differs from the token's user",
         404: "Unknown (or not the caller's) resource",
         409: "Refused by the sale's rules (sold out, limit reached, not open, closed, ...)",
+        402: "Payment declined: retry (with another payment method) before the deadline",
         410: "The hold (or the payment deadline) expired",
         413: f"Body larger than {MAX_BODY_BYTES} bytes",
         422: "Invalid input (also: a card number in the body, a reused Idempotency-Key)",
@@ -332,8 +334,26 @@ def _schemas() -> dict[str, Any]:
                 "success": {"type": "boolean"},
                 "transaction_id": _STR,
                 "payment_status": {"type": "string", "enum": ["pending", "completed", "failed"]},
+                "order_id": _STR,
+                "order_status": {"type": "string", "enum": ["pending", "completed", "failed"]},
+                "provider": _STR,
+                "amount": _MONEY,
+                "amount_minor": _INT,
+                "currency": _STR,
+                "payment_attempts": _INT,
+                "card_last4": _STR,
             },
             ["success", "transaction_id", "payment_status"],
+        ),
+        "WebhookReceipt": _obj(
+            {
+                "received": {"type": "boolean"},
+                "settled": {
+                    "type": "string",
+                    "enum": ["recorded", "refunded", "refund_due", "stale", "ignored"],
+                },
+            },
+            ["received"],
         ),
         "Health": _obj({"ok": {"type": "boolean"}, "gateway": _STR}, ["ok"]),
         "Ready": _obj(
@@ -347,6 +367,20 @@ def _schemas() -> dict[str, Any]:
             ["ready"],
         ),
     }
+
+
+def _payment_operation() -> dict[str, Any]:
+    operation = _write(
+        "Pay an order through the configured payment providers",
+        "PaymentRequest",
+        _ok("paid (also the answer to a repeat for a paid order: one charge)", "PaymentResult"),
+        400, 401, 402, 403, 404, 409, 410, 413, 422, 503,
+    )
+    operation["responses"]["202"] = _ok(
+        "outcome unknown (provider timeout): the order stays pending and is reconciled",
+        "PaymentResult",
+    )
+    return operation
 
 
 @cache
@@ -399,12 +433,34 @@ def openapi_document() -> dict[str, Any]:
                 )
             },
             "/payment": {
-                "post": _write(
-                    "Pay an order through the configured payment providers",
-                    "PaymentRequest",
-                    _ok("the payment outcome", "PaymentResult"),
-                    400, 401, 403, 404, 409, 410, 413, 422, 503,
-                )
+                "post": _payment_operation(),
+            },
+            "/webhooks/{provider}": {
+                "post": {
+                    "summary": "A payment provider's signed event about a charge",
+                    "parameters": [
+                        {
+                            "name": "provider",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "string", "enum": ["stripe", "paypal"]},
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "responses": {
+                        "200": _ok("the event was settled (or ignored)", "WebhookReceipt"),
+                        "400": {
+                            "description": "Unsigned, forged or stale webhook",
+                            "content": {
+                                "application/problem+json": {"schema": _ref("Problem")}
+                            },
+                        },
+                        **_problems(503),
+                    },
+                }
             },
             "/inventory/{product_id}": {
                 "get": {
@@ -502,5 +558,6 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            **shop_paths(),
         },
     }

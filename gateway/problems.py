@@ -34,6 +34,9 @@ from cluster.errors import (
     Unreachable,
 )
 from ledger.reasons import Reason
+from payments.router import NoProviderAvailable
+from payments.service import AmountMismatch, OrderNotPayable, PaymentsDisabled, UnknownOrder
+from payments.webhooks import BadWebhook
 
 log = logging.getLogger("gateway.problems")
 
@@ -183,6 +186,71 @@ def unavailable(detail: str) -> Problem:
     return Problem(503, "unavailable", "Service unavailable", detail, headers=_retry_headers())
 
 
+# -- payments --------------------------------------------------------------------------
+
+
+def payment_declined(**extensions: Any) -> Problem:
+    """402: the provider declined the charge; the shopper may retry until the deadline."""
+    return Problem(
+        402,
+        "payment-declined",
+        "Payment declined",
+        "the payment method was declined; retry with another one before the deadline",
+        **extensions,
+    )
+
+
+def payment_refunded(**extensions: Any) -> Problem:
+    """410: the charge succeeded after the order's deadline and was refunded."""
+    return Problem(
+        410,
+        "hold-expired",
+        "Hold expired",
+        "the order was not paid by its deadline; the charge was refunded",
+        refunded=True,
+        **extensions,
+    )
+
+
+def payments_unavailable(detail: str) -> Problem:
+    return Problem(
+        503, "payments-unavailable", "Payments unavailable", detail, headers=_retry_headers()
+    )
+
+
+def _payment_problem(exc: Exception) -> Problem | None:
+    if isinstance(exc, UnknownOrder):
+        return not_found("order", str(exc))
+    if isinstance(exc, AmountMismatch):
+        return Problem(
+            422,
+            "amount-mismatch",
+            "Amount does not match the order",
+            "amount must equal the order's amount",
+            field="amount",
+            amount_minor=exc.amount_minor,
+            currency=exc.currency,
+        )
+    if isinstance(exc, OrderNotPayable):
+        extra: dict[str, Any] = {
+            "order_id": exc.order_id, "payment_status": "failed", "order_status": "failed"
+        }
+        if exc.failure == "expired":
+            return Problem(
+                410, "hold-expired", "Hold expired",
+                "the order was not paid by its deadline; its units went back on sale", **extra,
+            )
+        return Problem(409, "not-pending", "Order is not pending", str(exc), **extra)
+    if isinstance(exc, NoProviderAvailable):
+        # Nothing was charged: a retry is safe.
+        return payments_unavailable("no payment provider is reachable; nothing was charged")
+    if isinstance(exc, PaymentsDisabled):
+        return payments_unavailable("payments are not configured on this gateway")
+    if isinstance(exc, BadWebhook):
+        return Problem(400, "invalid-webhook", "Invalid webhook", str(exc))
+    return None
+
+
 # -- ledger refusals -------------------------------------------------------------------
 
 # reason -> (status, type slug, title). not_owner is handled apart (see not_found).
@@ -258,6 +326,8 @@ def from_exception(exc: BaseException) -> Problem | None:
     """The problem for an exception that escaped a handler; None for a bug."""
     if isinstance(exc, Problem):
         return exc
+    if isinstance(exc, Exception) and (payment := _payment_problem(exc)) is not None:
+        return payment
     if isinstance(exc, NoLeader):
         return no_leader("")
     if isinstance(exc, CommitUnknown):
