@@ -341,7 +341,8 @@ class LocalCluster:
         return answer.raw.decode()
 
     def status(self, node_id: str) -> dict[str, Any]:
-        return self.get(node_id, "/v1/status")
+        """/v1/status of one node, with its ledger digest."""
+        return self.get(node_id, "/v1/status?digest=1")
 
     def statuses(self) -> dict[str, dict[str, Any] | None]:
         """Status of every running node (None for one that does not answer)."""
