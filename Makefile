@@ -31,3 +31,9 @@ test: install lint typecheck
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+
+# A few minutes of selling while nodes are killed, paused and cut off; fails on any
+# broken invariant (docs/RELIABILITY.md). Output in var/chaos/.
+.PHONY: chaos
+chaos: install
+	$(BIN)/flashsale chaos run --scenario mixed --duration 180

@@ -237,16 +237,24 @@ class ClusterClient:
         params: Mapping[str, str | int] | None = None,
         node_id: str | None = None,
         timeout_s: float | None = None,
+        leader_only: bool = False,
     ) -> dict[str, Any]:
         """GET ``path`` (like ``/v1/products``) from the leader, or any node that answers.
 
-        ``node_id`` asks that one node only. Raises NotFound on 404, Unreachable when no
-        node answered.
+        ``node_id`` asks that one node only. ``leader_only`` asks the leader only, for
+        reads that must see every acknowledged write (a follower that is catching up
+        would answer 404 for a hold that exists): NoLeader when none is known. Raises
+        NotFound on 404, Unreachable when no node answered.
         """
         if not path.startswith("/"):
             raise ValueError(f"path={path!r}: expected an absolute path like /v1/status")
         if node_id is not None:
             candidates = [self.config.node(node_id)]
+        elif leader_only:
+            leader = await self.leader()
+            if leader is None:
+                raise NoLeader(f"GET {path}: no leader known (election in progress?)")
+            candidates = [leader]
         else:
             first = await self.leader() if prefer_leader else self._rotate()
             others = [n for n in self.config.nodes if n != first]

@@ -122,8 +122,12 @@ def _index(answer: Mapping[str, Any]) -> int:
 
 
 async def _read(state: GatewayState, path: str, *, prefer_leader: bool = True) -> dict[str, Any]:
+    """GET from the cluster. Shopper records (holds, carts, orders) come from the leader
+    only: a follower still catching up would deny a hold the shopper was just given."""
     async with asyncio.timeout(state.request_deadline_s):
-        return await state.cluster.get(path, prefer_leader=prefer_leader)
+        return await state.cluster.get(
+            path, prefer_leader=prefer_leader, leader_only=prefer_leader
+        )
 
 
 # -- writes ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ class ClusterPort(Protocol):
         params: Mapping[str, str | int] | None = None,
         node_id: str | None = None,
         timeout_s: float | None = None,
+        leader_only: bool = False,
     ) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...

@@ -109,7 +109,9 @@ def build_payments(state: GatewayState) -> PaymentService:
     async def read_order(order_id: str) -> Mapping[str, Any] | None:
         try:
             async with asyncio.timeout(state.request_deadline_s):
-                answer = await state.cluster.get(f"/v1/orders/{quote(order_id, safe='')}")
+                answer = await state.cluster.get(
+                    f"/v1/orders/{quote(order_id, safe='')}", leader_only=True
+                )
         except NotFound:
             return None
         order = answer.get("order")

@@ -328,6 +328,23 @@ async def test_reads_prefer_the_leader_and_fall_back(make_cluster: Callable[...,
     assert (await c.client.get("/v1/products/p1", node_id="n1"))["served_by"] == "n1"
 
 
+async def test_leader_only_reads_never_fall_back_to_a_follower(
+    make_cluster: Callable[..., Any],
+) -> None:
+    # A follower still catching up would deny a hold the shopper was just given.
+    n1, n2 = FakeNode("n1"), FakeNode("n2", role="leader")
+    c: Cluster = await make_cluster(n1, n2)
+
+    assert (await c.client.get("/v1/products/p1", leader_only=True))["served_by"] == "n2"
+    assert n2.runner is not None
+    await n2.runner.cleanup()
+    n2.runner = None
+    with pytest.raises((Unreachable, NoLeader)):
+        await c.client.get("/v1/products/p1", leader_only=True)
+    with pytest.raises(NoLeader):  # the leader is gone and n1 knows none
+        await c.client.get("/v1/products/p1", leader_only=True)
+
+
 async def test_reads_with_every_node_down_raise_unreachable(
     make_cluster: Callable[..., Any],
 ) -> None:

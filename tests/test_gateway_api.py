@@ -18,6 +18,7 @@ from urllib.parse import unquote
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from cluster.client import SubmitResult
 from cluster.config import ClusterConfig, NodeConfig, build_config
@@ -29,6 +30,8 @@ from gateway.server import create_app
 from gateway.state import STATE
 from ledger import Ledger
 from ledger.codec import encode_event, encode_result, encode_view
+from pii.keystore import KeyStore
+from pii.sealing import Unsealer
 
 SECRET = "api-test-secret"
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -92,6 +95,7 @@ class InProcessCluster:
         params: Mapping[str, str | int] | None = None,
         node_id: str | None = None,
         timeout_s: float | None = None,
+        leader_only: bool = False,
     ) -> dict[str, Any]:
         led = self.ledger
         self.paths.append(path)
@@ -367,10 +371,21 @@ async def test_checkout_places_an_order_the_shopper_can_read(shop: Shop) -> None
     assert seen["order_id"] == order["order_id"] and seen["status"] == "pending"
     assert "sealed_details" not in seen and "Main St" not in await resp.text()
 
-    # The ledger carries the address only inside the sealed details.
+    # The ledger carries the address only sealed: ciphertext that the key store opens.
     stored = shop.cluster.ledger.order(order["order_id"])
     assert stored is not None and stored.payment_method == "pm_card_visa"
-    assert "Springfield" in stored.sealed_details
+    assert stored.sealed_details.startswith("v1.")
+    assert "Springfield" not in stored.sealed_details and "Main St" not in stored.sealed_details
+    keys = KeyStore.open(shop.state.config)
+    try:
+        opened = Unsealer(keys).unseal(stored.sealed_details)
+    finally:
+        keys.close()
+    assert opened.user_id == "alice"
+    assert opened.details["shipping_address"] == {
+        "address_line1": "1 Main St", "city": "Springfield", "postal_code": "12345",
+        "country": "US",
+    }
 
 
 async def test_another_shopper_cannot_tell_an_order_or_cart_exists(shop: Shop) -> None:
@@ -582,7 +597,9 @@ async def test_ids_cannot_steer_requests_to_other_internal_paths(shop: Shop) -> 
     resp = await shop.client.get("/cart/x%2F..%2F..%2Fstatus", headers=shop.auth("alice"))
     assert resp.status == 404
     assert shop.cluster.paths[-1] == "/v1/carts/x%2F..%2F..%2Fstatus"
-    resp = await shop.client.get("/orders/..", headers=shop.auth("alice"))
+    # Sent as typed: clients otherwise resolve "/orders/.." to "/" (the shop page).
+    raw = URL(str(shop.client.make_url("/")).rstrip("/") + "/orders/..", encoded=True)
+    resp = await shop.client.session.get(raw, headers=shop.auth("alice"))
     assert resp.status in (404, 422)
     assert all(p.startswith(("/v1/carts/", "/v1/feed")) for p in shop.cluster.paths)
 

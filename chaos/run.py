@@ -1,0 +1,276 @@
+"""One chaos run, end to end: start a cluster, sell under faults, recover, judge.
+
+Theory of operation: ``run_chaos`` builds a fresh cluster in the output folder (proxy,
+3 routed nodes, 2 gateways; ``chaos.topology``), starts it, creates the sale's products,
+and then, for ``duration_s`` seconds, runs the workload and the nemesis side by side
+while the feed recorder follows the log. Afterwards it heals whatever is left, lets the
+shoppers' last operations finish, waits past every hold and payment deadline (nothing
+may stay reserved), waits until every node holds the same ledger, collects the final
+state and hands history and final state to the pure checker. Every process it started
+is stopped, then SIGKILLed by pid, on every way out.
+
+The output folder holds ``history.jsonl`` (every operation and fault), ``feed.jsonl``
+(every committed event), ``final.json`` (the final state and the feed, the checker's
+second input), ``report.json`` (verdict, counts, schedule, settings) and ``cluster/``
+(config and process logs). ``recheck(folder)`` judges a saved run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import aiohttp
+import uvloop
+
+from chaos.checker import Verdict, check
+from chaos.history import History, load_history
+from chaos.launcher import Launcher
+from chaos.nemesis import Nemesis, schedule
+from chaos.observer import FeedRecorder, lookup, node_states
+from chaos.proxy import ProxyControl
+from chaos.scenarios import SCENARIOS, Scenario
+from chaos.topology import build_topology
+from chaos.workload import Workload
+from cluster.client import ClusterClient
+
+# The sale's cluster: Raft timing as in cluster.toml, a shorter commit timeout so unknown
+# outcomes resolve quickly, and payments due 6 s after checkout so orders expire in-run.
+RAFT = {
+    "append_entries_period_ms": 30,
+    "election_timeout_min_ms": 300,
+    "election_timeout_max_ms": 600,
+    "commit_timeout_ms": 3000,
+    "expire_period_ms": 250,
+    # A dump every 300 entries (every few tens of seconds here): restarts load dumps and
+    # followers that fell behind install the leader's snapshot during the run.
+    "log_compaction_entries": 300,
+}
+LEDGER = {"payment_ttl_s": 6}
+# Gateways answer within 2.5 s (503 when the cluster could not confirm by then), so an
+# outage longer than that reaches the shoppers, who retry with the same keys: the retry
+# path and the idempotency of every write are exercised end to end, not only inside
+# the gateway.
+GATEWAY = {"request_deadline_ms": 2500}
+EXPIRY_TOLERANCE_MS = 0  # in ledger time the expiry rule is exact
+LEADER_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 60.0
+CONVERGE_TIMEOUT_S = 90.0
+DRAIN_MARGIN_S = 30.0  # beyond the last deadline, for the expiry ticker and elections
+POLL_S = 0.25
+MIN_DURATION_S = 5
+
+
+async def _wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
+                if resp.status == 200:
+                    return
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+        if loop.time() > deadline:
+            raise TimeoutError(f"{url} not ready after {timeout_s:g}s")
+        await asyncio.sleep(POLL_S)
+
+
+async def _drain(client: ClusterClient, timeout_s: float) -> bool:
+    """Wait until no node has a unit reserved (every hold and unpaid order ended)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        states = await node_states(client)
+        if all(
+            s is not None and all(p["reserved"] == 0 for p in s["products"])
+            for s in states.values()
+        ):
+            return True
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(POLL_S)
+
+
+async def _converge(client: ClusterClient, timeout_s: float) -> dict[str, dict[str, Any] | None]:
+    """Wait until every node answers with the same ledger index and digest."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        states = await node_states(client)
+        seen = {(s["ledger_index"], s["digest"]) for s in states.values() if s is not None}
+        if len(seen) == 1 and all(s is not None for s in states.values()):
+            return states
+        if loop.time() > deadline:
+            return states
+        await asyncio.sleep(POLL_S)
+
+
+def _acknowledged(history: History, op: str, field: str) -> list[str]:
+    return [
+        str(r["result"][field])
+        for r in history.records
+        if r["type"] == "ok" and r.get("op") == op and field in (r.get("result") or {})
+    ]
+
+
+async def _run(
+    scenario: Scenario, duration_s: float, seed: int, out: Path, say: TextIO
+) -> tuple[Verdict, dict[str, Any]]:
+    topology = build_topology(out / "cluster", raft=RAFT, ledger=LEDGER, gateway=GATEWAY)
+    launcher = Launcher(topology)
+    history = History(out / "history.jsonl")
+    faults = schedule(scenario.mix, seed, duration_s)
+    report: dict[str, Any] = {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "seed": seed,
+        "duration_s": duration_s,
+        "schedule": [f.to_json() for f in faults],
+        "command": f"flashsale chaos run --scenario {scenario.name} --duration "
+        f"{duration_s:g} --seed {seed}",
+    }
+    recorder: FeedRecorder | None = None
+    recorder_task: asyncio.Task[None] | None = None
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            ClusterClient(topology.config, session) as client,
+        ):
+            proxy = ProxyControl(session, topology.proxy_control)
+            nemesis = Nemesis(launcher, proxy, client, session, history)
+            launcher.start("proxy")
+            await launcher.wait_healthy(session, "proxy")
+            for node_id in topology.node_ids:
+                launcher.start(node_id)
+            for node_id in topology.node_ids:
+                await launcher.wait_healthy(session, node_id)
+            if await nemesis.leader(LEADER_TIMEOUT_S) is None:
+                raise TimeoutError(f"no leader after {LEADER_TIMEOUT_S:g}s")
+            recorder = FeedRecorder(topology.config, session, out / "feed.jsonl")
+            recorder_task = asyncio.create_task(recorder.run(), name="feed-recorder")
+            workload = Workload(topology.config, scenario.plan, seed, history, session, client)
+            for n, product in enumerate(scenario.plan.products):
+                command = product.create_command(f"create-{seed}-{n}")
+                if await workload.internal("admin", "create_product", command) != "ok":
+                    raise RuntimeError(f"could not create {product.product_id}")
+            for gateway_id in topology.gateway_ids:
+                launcher.start(gateway_id)
+            for gateway_id in topology.gateway_ids:
+                await launcher.wait_healthy(session, gateway_id)
+                url = topology.config.gateway(gateway_id).listen.url + "/readyz"
+                await _wait_ready(session, url, READY_TIMEOUT_S)
+            say.write(f"chaos: {scenario.name}, seed {seed}, {duration_s:g} s, "
+                      f"{len(faults)} faults scheduled, output in {out}\n")
+            say.flush()
+
+            started_at = asyncio.get_running_loop().time()
+            shopping = asyncio.create_task(workload.run(duration_s), name="workload")
+            await nemesis.run(faults, started_at, duration_s)
+            await nemesis.heal_all()
+            await shopping
+            elapsed_s = asyncio.get_running_loop().time() - started_at
+            say.write(f"chaos: sale over after {elapsed_s:.0f} s; waiting for every deadline "
+                      "and for the nodes to converge\n")
+            say.flush()
+
+            longest_s = (max(p.hold_ttl_ms for p in scenario.plan.products) / 1000
+                         + LEDGER["payment_ttl_s"])
+            drained = await _drain(client, longest_s + DRAIN_MARGIN_S)
+            states = await _converge(client, CONVERGE_TIMEOUT_S)
+            indexes = [s["ledger_index"] for s in states.values() if s is not None]
+            await recorder.wait_for(max(indexes, default=0), CONVERGE_TIMEOUT_S)
+            holds = await lookup(client, "hold", _acknowledged(history, "reserve", "hold_id"))
+            orders = await lookup(
+                client, "order", _acknowledged(history, "checkout", "order_id")
+            )
+            recorder.stop()
+            await recorder_task
+            final = {
+                "events": recorder.entries,
+                "feed_last_index": recorder.last_index,
+                "nodes": states,
+                "holds": holds,
+                "orders": orders,
+                "expect_drained": True,
+                "drained": drained,
+                "tolerance_ms": EXPIRY_TOLERANCE_MS,
+            }
+            report["nemesis"] = {
+                "applied": nemesis.applied,
+                "skipped": nemesis.skipped,
+                "errors": nemesis.errors,
+                "process_starts": launcher.starts,
+            }
+            report["workload"] = {"outcomes": workload.stats.by_outcome}
+    finally:
+        if recorder is not None:
+            recorder.stop()
+        if recorder_task is not None and not recorder_task.done():
+            recorder_task.cancel()
+        launcher.stop_all()
+        launcher.kill_all()
+        history.close()
+    (out / "final.json").write_text(json.dumps(final, separators=(",", ":")), encoding="utf-8")
+    verdict = check(history.records, final, expiry_tolerance_ms=EXPIRY_TOLERANCE_MS)
+    if nemesis.errors:
+        verdict.notes.append(f"{len(nemesis.errors)} fault(s) could not be applied or undone")
+    return verdict, report
+
+
+def run_chaos(
+    scenario_name: str,
+    duration_s: float,
+    seed: int | None = None,
+    out_dir: Path | None = None,
+    *,
+    say: TextIO | None = None,
+) -> int:
+    """Run one scenario and print its verdict; exit status 0 when it passed."""
+    out_stream = say if say is not None else sys.stdout
+    scenario = SCENARIOS.get(scenario_name)
+    if scenario is None:
+        raise ValueError(f"unknown scenario {scenario_name!r}: one of {sorted(SCENARIOS)}")
+    if duration_s < MIN_DURATION_S:
+        raise ValueError(f"duration {duration_s:g} s: at least {MIN_DURATION_S} s")
+    if seed is None:
+        seed = random.SystemRandom().randrange(1, 1 << 31)
+    out = out_dir if out_dir is not None else Path("var") / "chaos" / f"{scenario_name}-{seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            verdict, report = runner.run(_run(scenario, duration_s, seed, out, out_stream))
+    except (TimeoutError, RuntimeError, OSError, aiohttp.ClientError) as exc:
+        # The cluster could not be started or did not recover: no verdict is possible.
+        aborted = {"scenario": scenario_name, "seed": seed, "aborted": f"{type(exc).__name__}: "
+                   f"{exc}", "passed": False}
+        (out / "report.json").write_text(json.dumps(aborted, indent=2), encoding="utf-8")
+        out_stream.write(f"chaos: run aborted, no verdict: {aborted['aborted']}\n"
+                         f"logs: {out / 'cluster' / 'logs'}\n")
+        out_stream.flush()
+        return 1
+    errors = report.get("nemesis", {}).get("errors", [])
+    report["elapsed_s"] = round(time.monotonic() - began, 1)
+    report["verdict"] = verdict.to_json()
+    report["passed"] = verdict.ok and not errors
+    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    out_stream.write(verdict.summary() + "\n")
+    for error in errors:
+        out_stream.write(f"  nemesis error: {error}\n")
+    out_stream.write(f"report: {out / 'report.json'}\nreproduce: {report['command']}\n")
+    out_stream.flush()
+    return 0 if report["passed"] else 1
+
+
+def recheck(run_dir: Path) -> Verdict:
+    """Judge a saved run again from its history.jsonl and final.json."""
+    history = load_history(run_dir / "history.jsonl")
+    final = json.loads((run_dir / "final.json").read_text(encoding="utf-8"))
+    return check(history, final, expiry_tolerance_ms=int(final.get("tolerance_ms", 0)))
