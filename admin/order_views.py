@@ -9,13 +9,14 @@ Every search is audited too: looking at orders is looking at shoppers.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from admin import audit
-from admin.app_keys import CLOCK_MS, CLUSTER, FEED, STORE, session_of
+from admin.app_keys import CLOCK_MS, CLUSTER, CONFIG, FEED, STORE, session_of
 from admin.formatting import time_ms
 from admin.layout import csrf_field, message, page
 from admin.limits import MAX_ORDERS_PER_SHOPPER_SHOWN
@@ -208,7 +209,9 @@ async def unseal_order(request: web.Request) -> web.StreamResponse:
     if order is None:
         raise web.HTTPNotFound(text=f"No order {order_id!r}.")
     try:
-        opened = unseal(str(order.get("sealed_details", "")))
+        opened = await asyncio.to_thread(
+            unseal, request.app[CONFIG], str(order.get("sealed_details", ""))
+        )
     except UnsealError as exc:
         _audit(request, "pii.unseal", order_id, {"user_id": order.get("user_id"), "ok": False})
         return _page(

@@ -33,6 +33,7 @@ from cluster.config import DEV_SECRET, ClusterConfig, ConfigError, load_config
 from cluster.errors import ClusterError
 from cluster.supervisor import die_with_parent
 from ledger.limits import MAX_ID_LEN, MAX_NAME_LEN, MAX_STOCK, MAX_TTL_MS
+from ledger.validation import id_problem
 
 DEFAULT_CONFIG = "cluster.toml"
 MAX_TOKEN_TTL_S = 30 * 24 * 3600  # a shopper token lives at most 30 days
@@ -257,6 +258,7 @@ def build_parser() -> Parser:
         "--out", type=Path, metavar="DIR", help="output folder (default var/chaos/NAME-SEED)"
     )
     chaos_run.set_defaults(handler=cmd_chaos_run)
+    add_data_commands(sub, common)
     return parser
 
 
@@ -494,6 +496,13 @@ def effective_config(config: ClusterConfig) -> dict[str, Any]:
         if config.secret == DEV_SECRET
         else f"<set, {len(config.secret)} characters>"
     )
+    data["pii"]["master_keys"] = [  # asdict keeps the key bytes: never print them
+        {
+            "key_id": key.key_id,
+            "secret": "<the development default>" if key.is_development_default else "<set>",
+        }
+        for key in config.pii.master_keys
+    ]
     return data
 
 
@@ -514,6 +523,137 @@ def cmd_chaos_run(args: argparse.Namespace) -> int:
             f"unknown scenario {args.scenario!r}: one of {', '.join(SCENARIOS)}", EXIT_USAGE
         )
     return run_chaos(args.scenario, args.duration, args.seed, args.out)
+
+
+# -- order data: the snapshot writer, personal-data keys, GDPR (docs/DATA.md) -----------
+
+
+def shopper_id(text: str) -> str:
+    problem = id_problem("user id", text)
+    if problem is not None:
+        raise ValueError(problem)
+    return text
+
+
+def add_data_commands(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """``snapshots``, ``keys rotate`` and ``gdpr export|erase``."""
+    snapshots = sub.add_parser(
+        "snapshots",
+        parents=[common],
+        help="run the order-snapshot writer (the ledger's feed into [storage] url)",
+    )
+    snapshots.set_defaults(handler=cmd_snapshots)
+
+    keys = sub.add_parser("keys", help="the master keys that wrap the shoppers' data keys")
+    ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
+    rotate = ksub.add_parser(
+        "rotate", parents=[common], help="re-wrap every data key under pii.active_key"
+    )
+    rotate.set_defaults(handler=cmd_keys_rotate)
+
+    gdpr = sub.add_parser("gdpr", help="a shopper's personal data: export or erase")
+    gsub = gdpr.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
+    export = gsub.add_parser(
+        "export", parents=[common], help="print what the order store holds about a shopper (JSON)"
+    )
+    export.add_argument("user_id", type=checked(shopper_id))
+    export.set_defaults(handler=cmd_gdpr_export)
+    erase = gsub.add_parser(
+        "erase",
+        parents=[common],
+        help="destroy a shopper's data key: their personal data is unreadable everywhere",
+    )
+    erase.add_argument("user_id", type=checked(shopper_id))
+    erase.add_argument(
+        "--yes", action="store_true", help="do not ask (required when stdin is not a terminal)"
+    )
+    erase.set_defaults(handler=cmd_gdpr_erase)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def on_order_store(work: Callable[[], T]) -> T:
+    """Run ``work`` against the order store; its failures become one line (exit 2 for the
+    configuration, 1 otherwise)."""
+    from pii.errors import PiiConfigError, PiiError
+    from snapshots.database import DatabaseError, StoreUrlError
+    from snapshots.schema import SchemaError
+
+    try:
+        return work()
+    except (PiiConfigError, StoreUrlError) as exc:
+        raise Failure(f"config error: {one_line(str(exc))}", EXIT_USAGE) from None
+    except PiiError as exc:
+        raise Failure(one_line(str(exc))) from None
+    except SchemaError as exc:
+        raise Failure(f"order store: {one_line(str(exc))}") from None
+    except DatabaseError as exc:
+        raise Failure(f"order store: {type(exc).__name__}: {one_line(str(exc))}") from None
+
+
+def print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    config = load(args)
+    return on_order_store(lambda: run_server("snapshots.server", config))
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from pii.cli import rotate_keys
+
+    config = load(args)
+    result = on_order_store(lambda: rotate_keys(config))
+    print_json(result)
+    print(
+        f"re-wrapped {result['rewrapped']} data keys under master key "
+        f"{result['active_key']!r}; {result['data_keys']} stored",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_gdpr_export(args: argparse.Namespace) -> int:
+    from pii.cli import gdpr_export
+
+    config = load(args)
+    print_json(on_order_store(lambda: gdpr_export(config, args.user_id)))
+    return 0
+
+
+def confirm_erasure(user_id: str) -> None:
+    """Ask on the terminal; without one, refuse (``--yes`` says it up front)."""
+    if not sys.stdin.isatty():
+        raise Failure(
+            f"not erased: erasing {user_id!r} cannot be undone; confirm with --yes "
+            "(stdin is not a terminal to ask on)",
+            EXIT_USAGE,
+        )
+    print(
+        f"Erase the personal data of {user_id!r}? Every copy of it becomes unreadable, "
+        "for good. Type yes to erase: ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+    if sys.stdin.readline().strip().lower() != "yes":
+        raise Failure(f"not erased: {user_id!r} was not confirmed")
+
+
+def cmd_gdpr_erase(args: argparse.Namespace) -> int:
+    from pii.cli import gdpr_erase
+
+    config = load(args)
+    if not args.yes:
+        confirm_erasure(args.user_id)
+    result = on_order_store(lambda: gdpr_erase(config, args.user_id))
+    print_json(result)
+    destroyed = ", ".join(result["destroyed_key_ids"]) or "none: the shopper had no data key"
+    print(f"erased {args.user_id!r}: data keys destroyed: {destroyed}", file=sys.stderr)
+    return 0
 
 
 # -- entry point -------------------------------------------------------------------------

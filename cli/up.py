@@ -1,8 +1,9 @@
 """``flashsale up``: the whole cluster of a config on this machine, until Ctrl-C.
 
-Every node, gateway and the console run as supervised children (``python -m cli node
-n1 --config ...``), each logging to ``<data_dir>/logs/<id>.log``. A part whose server
-module is not installed is skipped with a line saying so. Once started, a side task
+Every node, the snapshot writer (the ledger's orders into ``[storage] url``), every
+gateway and the console run as supervised children (``python -m cli node n1 --config
+...``), each logging to ``<data_dir>/logs/<id>.log``. A part whose server module is not
+installed is skipped with a line saying so. Once started, a side task
 waits for the ports to listen and a leader to be elected, prints where to go and, with
 ``--demo``, creates the demo product (idempotently: running ``up --demo`` again keeps it).
 """
@@ -36,6 +37,7 @@ DEMO_STOCK = 1000
 DEMO_PRICE = Decimal("19.99")
 DEMO_PER_USER_LIMIT = 2
 NODE_TIER, EDGE_TIER = 0, 1  # gateways and console stop before the nodes they call
+SNAPSHOTS = "snapshots"  # the snapshot writer's process id
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,18 @@ def plan(
     skipped: list[str] = []
     if nodes_only:
         return parts, ["--nodes-only: no gateways, no console"]
+    if module_present("snapshots.server"):
+        # It reads the nodes' feed: the edge tier, stopped before the nodes.
+        listen = config.snapshots.listen
+        parts.append(
+            Part(
+                ChildSpec(SNAPSHOTS, argv("snapshots"), logs / f"{SNAPSHOTS}.log", EDGE_TIER),
+                () if listen is None else (listen,),
+                config.storage.url,
+            )
+        )
+    else:
+        skipped.append("snapshots.server is not installed: orders are not written to storage")
     if not config.gateways:
         skipped.append("no [[gateways]] in the config: no shop")
     elif module_present("gateway.server"):
@@ -201,8 +215,10 @@ async def create_demo_product(client: ClusterClient, say: Callable[[str], None])
 
 
 def banner(config: ClusterConfig, parts: Sequence[Part]) -> str:
-    gateways = [p for p in parts if p.spec.tier == EDGE_TIER and p.spec.name != "admin"]
+    gateway_ids = {g.id for g in config.gateways}
+    gateways = [p for p in parts if p.spec.name in gateway_ids]
     console = [p for p in parts if p.spec.name == "admin"]
+    writer = [p for p in parts if p.spec.name == SNAPSHOTS]
     lines = [f"flashsale cluster {config.name!r} is up"]
     if gateways:
         lines.append(f"  shop     {gateways[0].url}")
@@ -210,10 +226,20 @@ def banner(config: ClusterConfig, parts: Sequence[Part]) -> str:
         lines.append(
             f"  console  {console[0].url}  (an account: flashsale admin create-operator NAME)"
         )
+    if writer:
+        lines.append(f"  orders   {store_label(writer[0].url)}  (flashsale gdpr export USER_ID)")
     lines.append("  nodes    " + ", ".join(f"{n.id} {n.api.url}" for n in config.nodes))
     lines.append(f"  logs     {config.data_dir / 'logs'}")
     lines.append("Ctrl-C stops everything.")
     return "\n".join(lines)
+
+
+def store_label(url: str) -> str:
+    """Where the orders go, without the password a PostgreSQL URL may hold."""
+    if url.startswith("sqlite:///"):
+        return url.removeprefix("sqlite:///")
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 async def run_up(

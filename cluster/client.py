@@ -141,7 +141,7 @@ class ClusterClient:
             timeout_s = min(self._request_timeout_s, remaining_s)
             try:
                 answer = await self._request("POST", target, "/v1/commands", timeout_s, body=body)
-            except aiohttp.ClientConnectorError as exc:
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # Never connected: the commands cannot have reached this node.
                 last_problem = f"{target.id}: {exc}"
                 target = self._give_up_on(target)
@@ -338,7 +338,9 @@ class ClusterClient:
             data=body,
             params=params,
             headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            # The connect phase times out first (ConnectionTimeoutError), so a request that
+            # never reached the node is told apart from one whose answer was lost.
+            timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=timeout_s * 0.9),
         ) as resp:
             raw = await resp.read()
             return _Answer(resp.status, _json_object(raw), _retry_after_s(resp.headers))

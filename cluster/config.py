@@ -233,6 +233,57 @@ class PaymentsConfig:
     sandbox_webhook_url: str = ""  # base URL; the sandbox posts to <url>/stripe and /paypal
 
 
+NOTIFIER_SMS_PROVIDERS = ("twilio",)  # the implementations in notifier/sms.py
+MAX_NOTIFIER_FEED_PAGE_EVENTS = 10_000  # what a node serves in one feed page
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierConfig:
+    """[notifier]: the email and SMS sender (``flashsale notifier``, docs/NOTIFICATIONS.md).
+
+    Passwords never sit in the file: ``smtp_password_env`` and ``sms_token_env`` name the
+    environment variables that hold them. An empty ``smtp_host`` turns email off, an
+    empty ``sms_url`` turns SMS off.
+    """
+
+    listen: HostPort | None = None  # subscriptions API, /healthz, /metrics; None: not run by up
+    outbox: Path = Path("notifier/outbox.db")  # SQLite; a relative path is under data_dir
+    batch_events: int = 1_000  # events asked per feed page (one outbox transaction)
+    feed_wait_ms: int = 10_000  # long-poll wait of its feed requests
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_starttls: bool = True  # upgrade with STARTTLS before anything else is sent
+    smtp_username: str = ""  # empty: no AUTH
+    smtp_password_env: str = "FLASHSALE_SMTP_PASSWORD"
+    smtp_ca_file: Path | None = None  # PEM CAs trusted for STARTTLS; None: the system's
+    smtp_timeout_ms: int = 10_000
+    mail_from: str = "flashsale <no-reply@flashsale.invalid>"
+    sms_provider: str = "twilio"
+    sms_url: str = ""  # Twilio: https://api.twilio.com/2010-04-01/Accounts/<sid>/Messages.json
+    sms_account: str = ""  # basic-auth user (Twilio: the account SID)
+    sms_token_env: str = "FLASHSALE_SMS_TOKEN"  # basic-auth password (Twilio: auth token)
+    sms_from: str = ""  # the sender number (E.164)
+    sms_timeout_ms: int = 10_000
+    email_per_minute: int = 600  # rate cap of the email provider (token bucket)
+    email_burst: int = 20
+    sms_per_minute: int = 60  # rate cap of the SMS provider
+    sms_burst: int = 5
+    max_attempts: int = 10  # sends of one notification before it is given up (failed)
+    retry_first_ms: int = 1_000  # first pause after a failed send; doubles per attempt
+    retry_max_ms: int = 300_000
+    dedupe_window_s: int = 86_400  # outbox rows (and so dedupe) are kept this long
+    stock_notice_window_s: int = 1_800  # one stock notice per product, kind and address
+    stale_after_s: int = 86_400  # a notice about an older event is recorded, never sent
+
+    @property
+    def email_enabled(self) -> bool:
+        return bool(self.smtp_host)
+
+    @property
+    def sms_enabled(self) -> bool:
+        return bool(self.sms_url)
+
+
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
     name: str
@@ -250,6 +301,7 @@ class ClusterConfig:
     pii: PiiConfig = field(default_factory=_dev_pii)
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     payments: PaymentsConfig = field(default_factory=PaymentsConfig)
+    notifier: NotifierConfig = field(default_factory=NotifierConfig)
     path: Path | None = None  # the file it was read from
 
     def node(self, node_id: str) -> NodeConfig:
@@ -419,6 +471,7 @@ def build_config(
         _refuse_development_master_keys(pii)
     snapshots = _snapshots(data.get("snapshots", {}))
     payments = _payments(data.get("payments", {}))
+    notifier = _notifier(data.get("notifier", {}), base_dir, data_dir, mode)
 
     _check_unique("node id", [n.id for n in nodes])
     _check_unique("gateway id", [g.id for g in gateways])
@@ -426,6 +479,7 @@ def build_config(
     addrs += [str(g.listen) for g in gateways] + [str(admin.listen)]
     addrs += [str(snapshots.listen)] if snapshots.listen is not None else []
     addrs += [str(payments.sandbox_listen)] if payments.sandbox_listen is not None else []
+    addrs += [str(notifier.listen)] if notifier.listen is not None else []
     _check_unique("listen address", addrs)
     return ClusterConfig(
         name=name,
@@ -443,6 +497,7 @@ def build_config(
         pii=pii,
         snapshots=snapshots,
         payments=payments,
+        notifier=notifier,
         path=path,
     )
 
@@ -649,6 +704,90 @@ def _payments(p: Mapping[str, Any]) -> PaymentsConfig:
         raise ConfigError(
             f"payments.charge_timeout_ms={config.charge_timeout_ms}: at most "
             f"{MAX_CHARGE_TIMEOUT_MS}"
+        )
+    return config
+
+
+def _notifier_bool(table: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = _optional_bool(table, key, "notifier")
+    return default if value is None else value
+
+
+def _notifier_text(table: Mapping[str, Any], key: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or any(ord(ch) < 32 for ch in value):
+        raise ConfigError(f"notifier.{key}={value!r}: expected one line of text")
+    return value.strip()
+
+
+def _notifier(
+    n: Mapping[str, Any], base_dir: Path, data_dir: Path, mode: str
+) -> NotifierConfig:
+    d = NotifierConfig()
+    listen = n.get("listen")
+    outbox = Path(_str(n, "outbox", "notifier", str(d.outbox)))
+    sms_url = _notifier_text(n, "sms_url", d.sms_url)
+    if sms_url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", sms_url):
+        raise ConfigError(f"notifier.sms_url={sms_url!r}: expected an http(s) URL")
+    provider = _notifier_text(n, "sms_provider", d.sms_provider)
+    if provider not in NOTIFIER_SMS_PROVIDERS:
+        raise ConfigError(
+            f"notifier.sms_provider={provider!r}: expected one of {list(NOTIFIER_SMS_PROVIDERS)}"
+        )
+    config = NotifierConfig(
+        listen=None if listen in (None, "") else parse_hostport(listen, "notifier.listen"),
+        outbox=outbox if outbox.is_absolute() else data_dir / outbox,
+        batch_events=_int(n, "batch_events", "notifier", d.batch_events, 1),
+        feed_wait_ms=_int(n, "feed_wait_ms", "notifier", d.feed_wait_ms, 0),
+        smtp_host=_notifier_text(n, "smtp_host", d.smtp_host),
+        smtp_port=_int(n, "smtp_port", "notifier", d.smtp_port, 1),
+        smtp_starttls=_notifier_bool(n, "smtp_starttls", d.smtp_starttls),
+        smtp_username=_notifier_text(n, "smtp_username", d.smtp_username),
+        smtp_password_env=_str(n, "smtp_password_env", "notifier", d.smtp_password_env),
+        smtp_ca_file=_optional_path(n, "smtp_ca_file", "notifier", base_dir),
+        smtp_timeout_ms=_int(n, "smtp_timeout_ms", "notifier", d.smtp_timeout_ms, 100),
+        mail_from=_str(n, "mail_from", "notifier", d.mail_from),
+        sms_provider=provider,
+        sms_url=sms_url.rstrip("/"),
+        sms_account=_notifier_text(n, "sms_account", d.sms_account),
+        sms_token_env=_str(n, "sms_token_env", "notifier", d.sms_token_env),
+        sms_from=_notifier_text(n, "sms_from", d.sms_from),
+        sms_timeout_ms=_int(n, "sms_timeout_ms", "notifier", d.sms_timeout_ms, 100),
+        email_per_minute=_int(n, "email_per_minute", "notifier", d.email_per_minute, 1),
+        email_burst=_int(n, "email_burst", "notifier", d.email_burst, 1),
+        sms_per_minute=_int(n, "sms_per_minute", "notifier", d.sms_per_minute, 1),
+        sms_burst=_int(n, "sms_burst", "notifier", d.sms_burst, 1),
+        max_attempts=_int(n, "max_attempts", "notifier", d.max_attempts, 1),
+        retry_first_ms=_int(n, "retry_first_ms", "notifier", d.retry_first_ms, 1),
+        retry_max_ms=_int(n, "retry_max_ms", "notifier", d.retry_max_ms, 1),
+        dedupe_window_s=_int(n, "dedupe_window_s", "notifier", d.dedupe_window_s, 60),
+        stock_notice_window_s=_int(
+            n, "stock_notice_window_s", "notifier", d.stock_notice_window_s, 0
+        ),
+        stale_after_s=_int(n, "stale_after_s", "notifier", d.stale_after_s, 1),
+    )
+    if config.smtp_port > 65535:
+        raise ConfigError(f"notifier.smtp_port={config.smtp_port}: expected 1..65535")
+    if config.batch_events > MAX_NOTIFIER_FEED_PAGE_EVENTS:
+        raise ConfigError(
+            f"notifier.batch_events={config.batch_events}: nodes serve at most "
+            f"{MAX_NOTIFIER_FEED_PAGE_EVENTS} events per feed page"
+        )
+    if config.feed_wait_ms > 30_000:
+        raise ConfigError(
+            f"notifier.feed_wait_ms={config.feed_wait_ms}: nodes long-poll at most 30000 ms"
+        )
+    if config.retry_max_ms < config.retry_first_ms:
+        raise ConfigError(
+            f"notifier.retry_max_ms={config.retry_max_ms} is below "
+            f"notifier.retry_first_ms={config.retry_first_ms}"
+        )
+    if config.sms_enabled and not (config.sms_from and config.sms_account):
+        raise ConfigError("notifier.sms_url is set: set notifier.sms_from and sms_account too")
+    if mode == "production" and config.smtp_username and not config.smtp_starttls:
+        raise ConfigError(
+            "notifier.smtp_starttls=false with smtp_username: production mode refuses to "
+            "send SMTP credentials in clear"
         )
     return config
 

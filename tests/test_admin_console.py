@@ -33,6 +33,8 @@ from cluster.config import ClusterConfig, build_config
 from cluster.errors import CommitUnknown, NotFound, Unreachable
 from ledger import Ledger
 from ledger.codec import encode_event, encode_result, encode_view
+from pii.keystore import KeyStore
+from pii.sealing import Sealer
 
 PASSWORD = "correct horse battery"
 T0_MS = 1_900_000_000_000
@@ -145,6 +147,7 @@ class Console:
     cluster: LedgerCluster
     clock: FakeClock
     db: Path
+    config: ClusterConfig
 
     def audit_actions(self) -> list[tuple[str, str, str]]:
         conn = open_store(self.db)
@@ -196,7 +199,7 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
     client: TestClient[Any, Any] = TestClient(TestServer(app), cookie_jar=CookieJar(unsafe=True))
     await client.start_server()
     try:
-        yield Console(client, cluster, clock, db)
+        yield Console(client, cluster, clock, db, cfg)
     finally:
         await client.close()
 
@@ -572,10 +575,12 @@ async def place_order(console: Console, user: str) -> str:
     )  # fmt: skip
     hold = cluster.ledger.open_cart_of(user)
     assert hold is not None
-    sealed = json.dumps(
-        {"format": "json/v1", "user_id": user, "details": {"city": "Lyon", "email": "s@x.io"}},
-        sort_keys=True,
-    )
+    # Sealed as the gateway seals: with the shopper's data key from the config's store.
+    keys = KeyStore.open(console.config)
+    try:
+        sealed = Sealer(keys).seal(user, {"city": "Lyon", "email": "s@x.io"})
+    finally:
+        keys.close()
     answer = await cluster.submit(
         [{"type": "checkout", "key": f"c-{user}", "user_id": user, "cart_id": hold.cart_id,
           "payment_method": "card", "sealed_details": sealed}]
@@ -624,6 +629,24 @@ async def test_unsealing_needs_the_pii_right_and_is_audited(console: Console) ->
     refused = await console.post(f"/orders/{order_id}/unseal", {})
     assert refused.status == 403
     assert ("viewer", "denied", order_id) in console.audit_actions()
+
+
+async def test_an_erased_shoppers_details_stay_closed_and_the_console_says_why(
+    console: Console,
+) -> None:
+    await signed_in(console)
+    await create(console)
+    order_id = await place_order(console, "shopper-9")
+    keys = KeyStore.open(console.config)
+    try:
+        keys.erase("shopper-9")
+    finally:
+        keys.close()
+    refused = await console.post(f"/orders/{order_id}/unseal", {})
+    html = await refused.text()
+    assert refused.status == 422
+    assert "is erased" in html and "Lyon" not in html
+    assert ("alice", "pii.unseal", order_id) in console.audit_actions()
 
 
 # -- cluster view and live updates ---------------------------------------------------------

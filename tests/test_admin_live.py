@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession, CookieJar
 
+from pii.keystore import KeyStore
+from pii.sealing import Sealer
 from tests.support.cluster import LocalCluster
 
 pytestmark = pytest.mark.cluster
@@ -107,6 +109,16 @@ def reserve(cluster: LocalCluster, product_id: str, user: str, quantity: int) ->
     result: dict[str, Any] = body["results"][0]
     assert result["ok"], body
     return result
+
+
+def seal(cluster: LocalCluster, user: str, details: dict[str, Any]) -> str:
+    """The details sealed as the gateway seals them: with the shopper's data key, kept in
+    the cluster's store, which the console opens."""
+    keys = KeyStore.open(cluster.config)
+    try:
+        return Sealer(keys).seal(user, details)
+    finally:
+        keys.close()
 
 
 def buy(cluster: LocalCluster, user: str, cart_id: str, sealed: str = "") -> dict[str, Any]:
@@ -273,12 +285,8 @@ def drive_the_console(page: Any, cluster: LocalCluster, base: str) -> None:
             quantity = 1 + (round_ + buyer) % 4
             hold = reserve(cluster, "sneaker", user, quantity)
             if buyer % 2 == 0:
-                sealed = json.dumps(
-                    {"format": "json/v1", "user_id": user,
-                     "details": {"address_line1": "1 Rue Haute", "city": "Lyon",
-                                 "country": "FR"}},
-                    separators=(",", ":"), sort_keys=True,
-                )  # fmt: skip
+                sealed = seal(cluster, user, {"address_line1": "1 Rue Haute", "city": "Lyon",
+                                              "country": "FR"})  # fmt: skip
                 buy(cluster, user, hold["cart_id"], sealed)
                 sold += quantity
                 first_buyer = first_buyer or user

@@ -57,8 +57,9 @@ from admin.render import Markup, render, tag
 from admin.sessions import csrf_ok, lookup, start_session
 from admin.store import SCHEMA_VERSION, StoreError, open_store, schema_version
 from cluster.config import ClusterConfig, build_config
-from gateway.pii import seal_details
 from ledger.limits import MAX_PRICE_MINOR
+from pii.keystore import KeyStore
+from pii.sealing import Sealer
 
 PASSWORD = "correct horse battery"
 
@@ -491,12 +492,34 @@ def test_feed_follower_resets_from_a_snapshot_then_applies_events() -> None:
 # -- unsealing --------------------------------------------------------------------------
 
 
-def test_unseal_opens_the_gateways_json_and_refuses_what_it_cannot_read() -> None:
-    sealed = seal_details("u1", {"city": "Lyon"})
-    assert unseal(sealed) == {"user_id": "u1", "details": {"city": "Lyon"}}
-    for text in ("", "v1.dk0123456789abcdef.u1.AAAA", "{not json", '{"format": "xml/v9"}'):
+def test_unseal_opens_what_the_gateway_sealed_and_refuses_what_it_cannot_read(
+    tmp_path: Path,
+) -> None:
+    cfg = config(tmp_path)
+    keys = KeyStore.open(cfg)
+    try:
+        sealer = Sealer(keys)
+        sealed = sealer.seal("u1", {"city": "Lyon"})
+        erased = sealer.seal("u2", {"city": "Oslo"})
+        keys.erase("u2")
+    finally:
+        keys.close()
+    assert "Lyon" not in sealed
+    assert unseal(cfg, sealed) == {"user_id": "u1", "details": {"city": "Lyon"}}
+
+    with pytest.raises(UnsealError, match=r"personal data of 'u2' is erased"):
+        unseal(cfg, erased)
+    head, _, payload = sealed.rpartition(".")
+    middle = len(payload) // 2
+    flipped = "A" if payload[middle] != "A" else "B"
+    tampered = f"{head}.{payload[:middle]}{flipped}{payload[middle + 1 :]}"
+    with pytest.raises(UnsealError, match="fail authentication"):
+        unseal(cfg, tampered)
+    with pytest.raises(UnsealError, match="no personal details"):
+        unseal(cfg, "")
+    for text in ("v1.dk0123456789abcdef.u1.AAAA", "{not json", '{"format": "json/v1"}'):
         with pytest.raises(UnsealError):
-            unseal(text)
+            unseal(cfg, text)
 
 
 def test_username_length_is_bounded(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import tomllib
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import pytest
 
 from cluster.config import (
+    DEV_MASTER_KEY_B64,
     DEV_SECRET,
     ConfigError,
     apply_env_overrides,
@@ -20,6 +22,7 @@ from cluster.config import (
 
 REPO = Path(__file__).resolve().parent.parent
 STRONG_SECRET = "s" * 40
+REAL_MASTER_KEY = base64.b64encode(bytes(range(32))).decode()  # not the development key
 
 
 def shipped() -> dict[str, Any]:
@@ -113,7 +116,24 @@ def test_production_mode_refuses_the_development_secret_without_printing_it() ->
     with pytest.raises(ConfigError, match=r"cluster\.secret"):
         build(data)
     data["cluster"]["secret"] = STRONG_SECRET
+    data["pii"] = {"master_keys": {"prod1": REAL_MASTER_KEY}, "active_key": "prod1"}
     assert build(data).mode == "production"
+
+
+def test_production_mode_refuses_the_development_master_key_at_load() -> None:
+    data = with_value("cluster", "mode", "production")
+    data["cluster"]["secret"] = STRONG_SECRET
+    with pytest.raises(ConfigError, match=r"pii\.master_keys\.dev is the public development key"):
+        build(data)
+    del data["pii"]  # no [pii] at all means the development key too
+    with pytest.raises(ConfigError, match="development key") as err:
+        build(data)
+    assert DEV_MASTER_KEY_B64 not in str(err.value)
+    # Listing it beside a real key is refused as well: it could still unwrap data keys.
+    data["pii"] = {"master_keys": {"dev": DEV_MASTER_KEY_B64, "k1": REAL_MASTER_KEY},
+                   "active_key": "k1"}
+    with pytest.raises(ConfigError, match=r"pii\.master_keys\.dev"):
+        build(data)
 
 
 def test_development_mode_accepts_the_development_secret() -> None:
@@ -125,11 +145,15 @@ def test_environment_overrides_a_section_key_with_its_type() -> None:
         "FLASHSALE_CLUSTER__SECRET": STRONG_SECRET,
         "FLASHSALE_CLUSTER__MODE": "production",
         "FLASHSALE_RAFT__COMMIT_TIMEOUT_MS": "1234",
+        "FLASHSALE_PII__MASTER_KEYS": f"prod1={REAL_MASTER_KEY}",
+        "FLASHSALE_PII__ACTIVE_KEY": "prod1",
     }
     config = load_config(REPO / "cluster.toml", env=env)
     assert config.secret == STRONG_SECRET
     assert config.mode == "production"
     assert config.raft.commit_timeout_ms == 1234
+    assert [k.key_id for k in config.pii.master_keys] == ["prod1"]
+    assert config.pii.active.secret == bytes(range(32))
 
 
 def test_environment_overrides_a_key_the_file_leaves_at_its_default(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,8 +218,14 @@ def test_rotation_in_pages_covers_every_key(tmp_path: Path) -> None:
 
 def test_production_mode_refuses_the_development_master_key(tmp_path: Path) -> None:
     url = "sqlite:///" + str(tmp_path / "orders.db")
+    # Refused when the config loads (cluster.config), so no process starts with it ...
+    with pytest.raises(ConfigError, match="development key, refused in production") as load:
+        config_with(url, tmp_path, mode="production")
+    assert DEV_MASTER_KEY_B64 not in str(load.value)
+    # ... and by the key store too, for a config built without that validation.
+    unchecked = dataclasses.replace(config_with(url, tmp_path), mode="production")
     with pytest.raises(PiiConfigError, match="development key, refused in production") as err:
-        KeyStore.open(config_with(url, tmp_path, mode="production"))
+        KeyStore.open(unchecked)
     assert DEV_MASTER_KEY_B64 not in str(err.value)
     real = base64.b64encode(os.urandom(32)).decode()
     keys = KeyStore.open(
