@@ -28,9 +28,12 @@ from gateway.bodies import MAX_BODY_BYTES
 from gateway.cluster_port import ClusterPort
 from gateway.edge_cache import FEED_TIMEOUT_MARGIN_S, EdgeCache, FeedFetch, FeedFollower
 from gateway.metrics import GatewayMetrics
+from gateway.payment import add_payments
 from gateway.problems import problem_middleware
+from gateway.shop import add_shop
 from gateway.state import STATE, GatewayState
 from gateway.tls import server_context
+from pii.gateway import sealer_context
 
 log = logging.getLogger("gateway.server")
 
@@ -105,9 +108,13 @@ def create_app(
     )
     app[STATE] = state
     add_routes(app)
+    # Personal data is sealed before it leaves the gateway: no sealer, no checkout.
+    app.cleanup_ctx.append(sealer_context(config))
     app.cleanup_ctx.append(_cluster_client)
     app.cleanup_ctx.append(_feed_follower)
     app.cleanup_ctx.append(_batcher)
+    add_payments(app, state)  # after the batcher: its reconciler stops before the batcher
+    add_shop(app, state)
     return app
 
 
