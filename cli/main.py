@@ -544,6 +544,13 @@ def add_data_commands(sub: argparse._SubParsersAction[Parser], common: Parser) -
     )
     snapshots.set_defaults(handler=cmd_snapshots)
 
+    notifier = sub.add_parser(
+        "notifier",
+        parents=[common],
+        help="run the notifier (email and SMS to shoppers, from the ledger's feed)",
+    )
+    notifier.set_defaults(handler=cmd_notifier)
+
     keys = sub.add_parser("keys", help="the master keys that wrap the shoppers' data keys")
     ksub = keys.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
     rotate = ksub.add_parser(
@@ -600,6 +607,11 @@ def print_json(value: object) -> None:
 def cmd_snapshots(args: argparse.Namespace) -> int:
     config = load(args)
     return on_order_store(lambda: run_server("snapshots.server", config))
+
+
+def cmd_notifier(args: argparse.Namespace) -> int:
+    config = load(args)
+    return on_order_store(lambda: run_server("notifier.server", config))
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:

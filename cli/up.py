@@ -38,6 +38,7 @@ DEMO_PRICE = Decimal("19.99")
 DEMO_PER_USER_LIMIT = 2
 NODE_TIER, EDGE_TIER = 0, 1  # gateways and console stop before the nodes they call
 SNAPSHOTS = "snapshots"  # the snapshot writer's process id
+NOTIFIER = "notifier"  # the notifier's process id
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,18 @@ def plan(
         )
     else:
         skipped.append("snapshots.server is not installed: orders are not written to storage")
+    notices = config.notifier.listen
+    if notices is not None and module_present("notifier.server"):
+        # Email and SMS from the nodes' feed; the gateways forward subscriptions to it.
+        parts.append(
+            Part(
+                ChildSpec(NOTIFIER, argv("notifier"), logs / f"{NOTIFIER}.log", EDGE_TIER),
+                (notices,),
+                notices.url,
+            )
+        )
+    elif notices is not None:
+        skipped.append("notifier.server is not installed: no email or SMS to shoppers")
     if not config.gateways:
         skipped.append("no [[gateways]] in the config: no shop")
     elif module_present("gateway.server"):
@@ -228,6 +241,10 @@ def banner(config: ClusterConfig, parts: Sequence[Part]) -> str:
         )
     if writer:
         lines.append(f"  orders   {store_label(writer[0].url)}  (flashsale gdpr export USER_ID)")
+    if any(p.spec.name == NOTIFIER for p in parts):
+        n = config.notifier
+        channels = [c for c, on in (("email", n.email_enabled), ("sms", n.sms_enabled)) if on]
+        lines.append(f"  notices  {', '.join(channels) or 'none configured'}  ([notifier])")
     lines.append("  nodes    " + ", ".join(f"{n.id} {n.api.url}" for n in config.nodes))
     lines.append(f"  logs     {config.data_dir / 'logs'}")
     lines.append("Ctrl-C stops everything.")

@@ -52,6 +52,8 @@ BACKOFF_FIRST_S = 0.02  # first pause between attempts
 BACKOFF_MAX_S = 0.5  # pauses double up to this
 RETRY_AFTER_MAX_S = 0.25  # a node's Retry-After (whole seconds) is honoured up to this:
 # an election takes a fraction of a second, and the deadline is the caller's to spend
+MIN_ATTEMPT_S = 0.05  # no attempt starts with less time left: it could only time out,
+# and a timeout counts as "may have been applied"
 MAX_IMMEDIATE_REDIRECTS = 3  # 421 hops followed without a pause
 STATUS_TIMEOUT_S = 2.0  # a node that does not answer /v1/status by then counts as down
 MAX_ERROR_DETAIL_CHARS = 300  # of a non-JSON error body, kept for the exception message
@@ -137,7 +139,7 @@ class ClusterClient:
         redirects = 0
         last_problem = "no attempt fit in the deadline"
         target = self._leader or self._rotate()
-        while (remaining_s := deadline - loop.time()) > 0:
+        while (remaining_s := deadline - loop.time()) > MIN_ATTEMPT_S:
             timeout_s = min(self._request_timeout_s, remaining_s)
             try:
                 answer = await self._request("POST", target, "/v1/commands", timeout_s, body=body)

@@ -782,6 +782,11 @@ def _notifier(
             f"notifier.retry_max_ms={config.retry_max_ms} is below "
             f"notifier.retry_first_ms={config.retry_first_ms}"
         )
+    if config.stock_notice_window_s > config.dedupe_window_s:
+        raise ConfigError(
+            f"notifier.stock_notice_window_s={config.stock_notice_window_s} exceeds "
+            f"notifier.dedupe_window_s={config.dedupe_window_s} (rows are kept that long)"
+        )
     if config.sms_enabled and not (config.sms_from and config.sms_account):
         raise ConfigError("notifier.sms_url is set: set notifier.sms_from and sms_account too")
     if mode == "production" and config.smtp_username and not config.smtp_starttls:

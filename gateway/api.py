@@ -196,11 +196,13 @@ async def checkout(request: web.Request) -> web.Response:
     key = _client_key(request)
 
     async def write() -> web.Response:
-        body = parse_checkout(await read_json(request))
+        body = parse_checkout(await read_json(request, phone_fields=frozenset({"phone"})))
         _same_user(body.user_id, user)
         details: dict[str, object] = {"shipping_address": body.shipping_address}
         if body.email is not None:
             details["email"] = body.email
+        if body.phone is not None:
+            details["phone"] = body.phone
         command = {
             "type": "checkout",
             "key": ledger_key(user, key),

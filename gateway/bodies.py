@@ -45,6 +45,9 @@ PAYMENT_METHOD_PATTERN = re.compile(r"pm_[A-Za-z0-9_]+")
 POSTAL_CODE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 -]*")
 COUNTRY_PATTERN = re.compile(r"[A-Z]{2}")  # ISO 3166-1 alpha-2
 EMAIL_PATTERN = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# E.164 (what SMS providers take): a plus, no leading 0, at most 15 digits, no spaces.
+PHONE_PATTERN = re.compile(r"\+[1-9][0-9]{6,14}")
+MAX_PHONE_LEN = 16
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -66,14 +69,18 @@ class CheckoutBody:
     payment_method: str
     shipping_address: dict[str, str]
     email: str | None
+    phone: str | None = None  # E.164; the notifier texts order notices to it
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object body, or a Problem (400/413/422)."""
+async def read_json(
+    request: web.Request, *, phone_fields: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The request's JSON object body, or a Problem (400/413/422). ``phone_fields``:
+    see ``decode_json``."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise body_too_large(MAX_BODY_BYTES)
     try:
@@ -86,11 +93,24 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise body_timeout(BODY_READ_TIMEOUT_S) from None
     if len(raw) > MAX_BODY_BYTES:
         raise body_too_large(MAX_BODY_BYTES)
-    return decode_json(raw)
+    return decode_json(raw, phone_fields=phone_fields)
 
 
-def decode_json(raw: bytes) -> dict[str, Any]:
-    """Decode a request body (already size-checked) into a JSON object."""
+def _without_phones(value: object, phone_fields: frozenset[str]) -> object:
+    # A 13..15-digit E.164 number can pass the Luhn check; in a top-level phone field, as
+    # exactly "+digits", it is taken for the phone number it is rather than a card.
+    if not phone_fields or not isinstance(value, dict):
+        return value
+    return {
+        k: v
+        for k, v in value.items()
+        if not (k in phone_fields and isinstance(v, str) and PHONE_PATTERN.fullmatch(v))
+    }
+
+
+def decode_json(raw: bytes, *, phone_fields: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Decode a request body (already size-checked) into a JSON object. Top-level fields
+    named in ``phone_fields`` holding an E.164 number are not scanned for card numbers."""
     if not raw.strip():
         raise malformed_json("the request body is empty; expected a JSON object")
     try:
@@ -102,7 +122,7 @@ def decode_json(raw: bytes) -> dict[str, Any]:
     except ValueError as exc:
         # JSONDecodeError's message holds a position, never the text around it.
         raise malformed_json(f"invalid JSON: {exc}") from None
-    if contains_card_number(value):
+    if contains_card_number(_without_phones(value, phone_fields)):
         raise card_number_refused()
     if not isinstance(value, dict):
         raise invalid_input("the body must be a JSON object")
@@ -237,9 +257,9 @@ def parse_address(value: object) -> dict[str, str]:
 
 
 def parse_checkout(body: Mapping[str, Any]) -> CheckoutBody:
-    """Validate ``{user_id, cart_id, payment_method, shipping_address, [email]}``."""
+    """Validate ``{user_id, cart_id, payment_method, shipping_address, [email], [phone]}``."""
     _check_fields(
-        body, {"user_id", "cart_id", "payment_method", "shipping_address"}, {"email"}
+        body, {"user_id", "cart_id", "payment_method", "shipping_address"}, {"email", "phone"}
     )
     payment_method = _text(
         body,
@@ -259,4 +279,18 @@ def parse_checkout(body: Mapping[str, Any]) -> CheckoutBody:
         payment_method=payment_method,
         shipping_address=parse_address(body["shipping_address"]),
         email=email,
+        phone=parse_phone(body),
+    )
+
+
+def parse_phone(body: Mapping[str, Any]) -> str | None:
+    """The optional ``phone`` field: an E.164 number (``+15550001234``) or None."""
+    if body.get("phone") is None:
+        return None
+    return _text(
+        body,
+        "phone",
+        MAX_PHONE_LEN,
+        pattern=PHONE_PATTERN,
+        what="an E.164 phone number (+ and country code, digits only: +15550001234)",
     )

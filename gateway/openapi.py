@@ -18,11 +18,13 @@ from gateway.bodies import (
     MAX_PAYMENT_METHOD_LEN,
     MAX_POSTAL_CODE_LEN,
     MAX_REGION_LEN,
+    PHONE_PATTERN,
 )
 from gateway.idempotency import MAX_CLIENT_KEY_LEN
 from gateway.identity import MAX_USER_ID_LEN
 from gateway.problems import PROBLEM_BASE
 from gateway.shop_openapi import shop_paths
+from gateway.subscriptions import subscription_paths
 from ledger.limits import MAX_ID_LEN, MAX_QUANTITY
 
 API_VERSION = "1.0.0"
@@ -173,6 +175,11 @@ def _schemas() -> dict[str, Any]:
             "payment_method": payment_method,
             "shipping_address": _ref("ShippingAddress"),
             "email": {"type": "string", "format": "email", "maxLength": MAX_EMAIL_LEN},
+            "phone": {
+                "type": "string",
+                "pattern": "^" + PHONE_PATTERN.pattern + "$",
+                "description": "E.164 (+15550001234): order notices by SMS",
+            },
         },
         ["user_id", "cart_id", "payment_method", "shipping_address"],
         closed=True,
@@ -559,5 +566,6 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             **shop_paths(),
+            **subscription_paths(),
         },
     }

@@ -32,6 +32,7 @@ from gateway.payment import add_payments
 from gateway.problems import problem_middleware
 from gateway.shop import add_shop
 from gateway.state import STATE, GatewayState
+from gateway.subscriptions import add_subscriptions
 from gateway.tls import server_context
 from pii.gateway import sealer_context
 
@@ -115,6 +116,7 @@ def create_app(
     app.cleanup_ctx.append(_batcher)
     add_payments(app, state)  # after the batcher: its reconciler stops before the batcher
     add_shop(app, state)
+    add_subscriptions(app, state)
     return app
 
 

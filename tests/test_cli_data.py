@@ -291,7 +291,8 @@ def test_snapshots_runs_the_writer_until_sigterm(tmp_path: Path) -> None:
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         health: dict[str, Any] | None = None
-        while health is None:
+        # applied_index is -1 until the store is open (migrations run), then 0.
+        while health is None or health.get("applied_index") == -1:
             assert proc.poll() is None, (tmp_path / "snapshots.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "snapshots.log").read_text()
             try:
