@@ -35,6 +35,15 @@ Then it walks the history (``chaos.history``):
   every attempt) left no trace in the log;
 - ``divergence``: every node answered at the end, with the same ledger index and digest.
 
+And, when the run fed an order-snapshot store (``final["store"]``, the rows read from
+it once its applied index reached the final ledger index; ``check_store``):
+
+- ``store``: the store reached the final ledger index; every order and hold of the log
+  has its row with the status the log gives it; every product's inventory row equals the
+  replayed stock; the ``stock_moves`` journal sums to those balances; no row the log
+  does not have;
+- ``duplicate``: no order id twice, no two orders for one cart.
+
 It also counts, without failing the run, stale reads: a 404 "unknown hold/cart/order"
 answered about something the shopper owns in the log (nothing changed, but the answer
 was wrong).
@@ -47,7 +56,8 @@ The final state (``final``) is a JSON-able dict: ``events`` (the feed, with opti
 ``{"reset": snapshot}`` entries where the recorder had to take a snapshot), ``nodes``
 (per node ``{"ledger_index", "digest", "products"}`` or None), ``holds`` / ``orders``
 (final lookups of acknowledged ids, None when unknown), ``feed_last_index`` (the ledger
-index the recorded feed reaches; events are not in every entry) and ``expect_drained``.
+index the recorded feed reaches; events are not in every entry), ``expect_drained``
+(optionally narrowed to the products in ``drain_products``) and optionally ``store``.
 """
 
 from __future__ import annotations
@@ -70,6 +80,7 @@ PHANTOM = "phantom"
 CONTRADICTION = "contradiction"
 DIVERGENCE = "divergence"
 FEED = "feed"
+STORE = "store"
 VIOLATION_KINDS = (
     OVERSELL,
     CONSERVATION,
@@ -82,6 +93,7 @@ VIOLATION_KINDS = (
     CONTRADICTION,
     DIVERGENCE,
     FEED,
+    STORE,
 )
 MAX_REPORTED_PER_KIND = 50  # violations kept in the report per kind (all are counted)
 
@@ -670,7 +682,12 @@ def _final_checks(r: _Replay, final: Mapping[str, Any]) -> None:
                 r.flag(CONSERVATION, f"{node_id} ends with {pid} at {levels} of {total}, the "
                        f"feed adds up to {r.levels.get(pid)} of {r.totals.get(pid)}",
                        node=node_id, product_id=pid)
-            if final.get("expect_drained") and levels["reserved"] != 0:
+            drain = final.get("drain_products")
+            if (
+                final.get("expect_drained")
+                and levels["reserved"] != 0
+                and (drain is None or pid in drain)
+            ):
                 r.flag(EXPIRY, f"{node_id}: {levels['reserved']} units of {pid} still reserved "
                        "after every hold and payment deadline passed", node=node_id,
                        product_id=pid)
@@ -680,6 +697,148 @@ def _final_checks(r: _Replay, final: Mapping[str, Any]) -> None:
     for key, oids in r.orders_by_key.items():
         if key and len(oids) > 1:
             r.flag(DUPLICATE, f"key {key} placed {len(oids)} orders {oids}", key=key)
+
+
+# The row status of an order and of a hold once the log ended it (None: still open).
+_ORDER_ROW_STATUS = {
+    None: ("pending", "pending"),
+    "order_completed": ("completed", "paid"),
+    "order_failed": ("failed", "failed"),
+    "order_expired": ("failed", "failed"),
+}
+_HOLD_ROW_STATUS = {
+    None: "active",
+    "hold_released": "released",
+    "hold_expired": "expired",
+    "ordered": "ordered",
+}
+# After a rebuild from a ledger snapshot the store cannot tell released from expired.
+_HOLD_REBUILT_ENDS = {"released", "expired"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreExpectation:
+    """What the store must hold once it reached ``index``: from the replayed log."""
+
+    index: int
+    levels: Mapping[str, Mapping[str, int]]  # product -> {available, reserved, sold}
+    totals: Mapping[str, int]  # product -> total stock
+    orders: Mapping[str, tuple[str, str]]  # order -> (order_status, payment_status)
+    holds: Mapping[str, str | None]  # hold -> cart row status (None: unknown, feed gap)
+    acknowledged: frozenset[str] = frozenset()  # ids a shopper was told about
+
+
+def check_store(store: Mapping[str, Any], expect: StoreExpectation) -> list[Violation]:
+    """Judge the rows of an order-snapshot store against the log it follows.
+
+    ``store``: ``applied_index``, ``rebuilt_from_index`` and, per table (``orders``,
+    ``cart``, ``inventory``, ``stock_moves``), its rows as dicts of column -> value.
+    """
+    out: list[Violation] = []
+
+    def flag(kind: str, detail: str, **refs: Any) -> None:
+        out.append(Violation(kind, detail, refs))
+
+    applied = int(store.get("applied_index", -1))
+    if applied != expect.index:
+        # Rows of another index cannot be compared with the final state: say only this.
+        flag(STORE, f"the snapshot store stopped at ledger index {applied}, the ledger is "
+             f"at {expect.index}", applied_index=applied)
+        return out
+    rebuilt = int(store.get("rebuilt_from_index", 0)) > 0
+
+    order_rows: dict[str, Mapping[str, Any]] = {}
+    by_cart: dict[str, list[str]] = defaultdict(list)
+    for row in store.get("orders") or ():
+        oid = str(row["order_id"])
+        if oid in order_rows:
+            flag(DUPLICATE, f"the store has order {oid} twice", order_id=oid)
+        order_rows[oid] = row
+        by_cart[str(row["cart_id"])].append(oid)
+    for cart, oids in sorted(by_cart.items()):
+        if len(set(oids)) > 1:
+            flag(DUPLICATE, f"the store has {len(set(oids))} orders for cart {cart}: "
+                 f"{sorted(set(oids))}", cart_id=cart)
+    for oid, (status, payment) in sorted(expect.orders.items()):
+        row = order_rows.get(oid)
+        acked = " (acknowledged)" if oid in expect.acknowledged else ""
+        if row is None:
+            flag(STORE, f"order {oid}{acked} is not in the snapshot store", order_id=oid)
+            continue
+        found = (str(row["order_status"]), str(row["payment_status"]))
+        if found != (status, payment):
+            flag(STORE, f"order {oid}{acked} is {found} in the store, {(status, payment)} in "
+                 "the log", order_id=oid)
+    for oid in sorted(set(order_rows) - set(expect.orders)):
+        flag(STORE, f"the store has order {oid}, which the log never placed", order_id=oid)
+
+    hold_rows = {str(r["hold_id"]): r for r in store.get("cart") or ()}
+    for hid, wanted in sorted(expect.holds.items()):
+        row = hold_rows.get(hid)
+        if row is None:
+            # A rebuild from a snapshot never sees holds that ended inside the gap.
+            if not (rebuilt and wanted != "active"):
+                flag(STORE, f"hold {hid} is not in the snapshot store", hold_id=hid)
+            continue
+        got = str(row["status"])
+        ok = wanted is None or got == wanted or (
+            rebuilt and wanted in _HOLD_REBUILT_ENDS and got in (*_HOLD_REBUILT_ENDS, "ended")
+        )
+        if not ok:
+            flag(STORE, f"hold {hid} is {got!r} in the store, {wanted!r} in the log",
+                 hold_id=hid)
+    for hid in sorted(set(hold_rows) - set(expect.holds)):
+        flag(STORE, f"the store has hold {hid}, which the log never placed", hold_id=hid)
+
+    inventory = {str(r["product_id"]): r for r in store.get("inventory") or ()}
+    journal: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(_BUCKETS, 0))
+    outside: dict[str, int] = defaultdict(int)
+    for m in store.get("stock_moves") or ():
+        pid, q = str(m["product_id"]), int(m["quantity"])
+        for bucket, sign in ((str(m["from_bucket"]), -1), (str(m["to_bucket"]), 1)):
+            if bucket == "outside":
+                outside[pid] += sign * q
+            else:
+                journal[pid][bucket] = journal[pid].get(bucket, 0) + sign * q
+    for pid in sorted(set(expect.levels) | set(inventory) | set(journal)):
+        levels = dict(expect.levels.get(pid) or {})
+        total = expect.totals.get(pid)
+        if not levels:
+            flag(STORE, f"the store has product {pid}, which the log never created",
+                 product_id=pid)
+            continue
+        row = inventory.get(pid)
+        if row is None:
+            flag(STORE, f"product {pid} has no inventory row", product_id=pid)
+        else:
+            stock = {
+                "available": int(row["available_quantity"]),
+                "reserved": int(row["reserved_quantity"]),
+                "sold": int(row["sold_quantity"]),
+            }
+            if stock != levels or int(row["total_stock"]) != total:
+                flag(STORE, f"inventory row of {pid} is {stock} of {row['total_stock']}, the "
+                     f"ledger ends with {levels} of {total}", product_id=pid)
+        sums = {b: journal[pid].get(b, 0) for b in _BUCKETS}
+        if sums != levels or -outside[pid] != total:
+            flag(STORE, f"the stock_moves journal of {pid} sums to {sums} of {-outside[pid]}, "
+                 f"the ledger ends with {levels} of {total}", product_id=pid)
+    return out
+
+
+def store_expectation(r: _Replay, final: Mapping[str, Any], acknowledged: Iterable[str]
+                      ) -> StoreExpectation:
+    """What the store should hold, from the replay of the feed."""
+    return StoreExpectation(
+        index=int(final.get("feed_last_index", r.last_index)),
+        levels={p: dict(lv) for p, lv in r.levels.items()},
+        totals=dict(r.totals),
+        orders={oid: _ORDER_ROW_STATUS.get(o.ended, ("pending", "pending"))
+                for oid, o in r.orders.items()},
+        holds={hid: None if h.ended is not None and h.ended.startswith("unknown")
+               else _HOLD_ROW_STATUS.get(h.ended) for hid, h in r.holds.items()},
+        acknowledged=frozenset(acknowledged),
+    )
 
 
 def check(
@@ -696,6 +855,11 @@ def check(
     for op in ops:
         hc.check(op)
     _final_checks(r, final)
+    store = final.get("store")
+    if store is not None:
+        acked = [str((op.get("result") or {}).get(f)) for op in ops if op.get("type") == "ok"
+                 for f in ("order_id", "hold_id") if f in (op.get("result") or {})]
+        r.violations.extend(check_store(store, store_expectation(r, final, acked)))
     outcomes = Counter(str(op.get("type")) for op in ops)
     counts = {
         "operations": len(ops),
@@ -716,6 +880,9 @@ def check(
     for kind, n in sorted(Counter(str(op.get("op")) for op in ops).items()):
         counts[f"op_{kind}"] = n
     counts["stale_reads"] = len(hc.stale_reads)
+    if store is not None:
+        counts["store_orders"] = len(store.get("orders") or ())
+        counts["store_index"] = int(store.get("applied_index", -1))
     notes = list(r.notes)
     if hc.stale_reads:
         notes.append(f"{len(hc.stale_reads)} stale read(s), answered 404 for something the "

@@ -1,6 +1,7 @@
 """Start, kill, pause and restart the processes of a chaos cluster, by pid.
 
-Theory of operation: every process (the proxy, each node, each gateway) is a child of
+Theory of operation: every process (the proxy, each node, each gateway, the snapshot
+writer) is a child of
 the chaos run, started with ``subprocess.Popen`` in its own session so that a signal to
 its process group also reaches what it forked (a node forks to write its dump). The
 launcher remembers every pid it ever started; ``kill_all`` SIGKILLs each of them and is
@@ -62,6 +63,8 @@ class Launcher:
             return [sys.executable, "-m", "chaos.routed_node", "--config", config, name]
         if name in self.topology.gateway_ids:
             return [sys.executable, "-m", "gateway", "--config", config, name]
+        if name in self.topology.writer_ids:
+            return [sys.executable, "-m", "snapshots", "--config", config]
         raise ValueError(f"no process named {name!r} in this cluster")
 
     def health_url(self, name: str) -> str:
@@ -69,6 +72,9 @@ class Launcher:
             return self.topology.proxy_control.url + "/healthz"
         if name in self.topology.node_ids:
             return self.topology.config.node(name).api.url + "/healthz"
+        listen = self.topology.config.snapshots.listen
+        if name in self.topology.writer_ids and listen is not None:
+            return listen.url + "/healthz"
         return self.topology.config.gateway(name).listen.url + "/healthz"
 
     # -- signals ---------------------------------------------------------------------------
@@ -130,7 +136,10 @@ class Launcher:
 
     def stop_all(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM every running process (gateways first), wait, SIGKILL what is left."""
-        order = [*self.topology.gateway_ids, *self.topology.node_ids, "proxy"]
+        order = [
+            *self.topology.writer_ids, *self.topology.gateway_ids, *self.topology.node_ids,
+            "proxy",
+        ]
         for name in order:
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:

@@ -168,7 +168,10 @@ class Nemesis:
             target = await self._target(fault)
             await self._kill_and_restart(fault, [target])
         elif kind is FaultKind.FULL_RESTART:
-            await self._kill_and_restart(fault, self.topology.node_ids)
+            # The snapshot writer goes down with the cluster, mid-transaction or not.
+            await self._kill_and_restart(
+                fault, [*self.topology.node_ids, *self.topology.writer_ids]
+            )
         elif kind in (FaultKind.PAUSE_LEADER, FaultKind.PAUSE_FOLLOWER):
             target = await self._target(fault)
             self.launcher.pause(target)
@@ -207,13 +210,10 @@ class Nemesis:
     async def heal_all(self) -> None:
         """Every link passing, every process resumed and running (waits for health)."""
         await self.proxy.heal()
-        for name in [*self.topology.node_ids, *self.topology.gateway_ids]:
+        names = [*self.topology.node_ids, *self.topology.gateway_ids, *self.topology.writer_ids]
+        for name in names:
             self.launcher.resume(name)
-        down = [
-            n
-            for n in [*self.topology.node_ids, *self.topology.gateway_ids]
-            if not self.launcher.is_running(n)
-        ]
+        down = [n for n in names if not self.launcher.is_running(n)]
         for name in down:
             self.launcher.start(name)
         for name in down:

@@ -9,8 +9,10 @@ asks the other nodes, and takes the snapshot only when every node offers nothing
 is written into the feed as a ``{"reset": snapshot}`` entry, and the checker reports the
 gap). Every event is also appended to ``feed.jsonl`` as it arrives.
 
-``final_state`` reads, once the cluster has recovered, what every node says (ledger
-index, digest, products) and looks up every acknowledged hold and order.
+``node_states`` reads, once the cluster has recovered, what every node says (ledger
+index, digest, products) and ``lookup`` finds every acknowledged hold and order.
+``read_store`` reads the order-snapshot store (``storage.url``) the run's snapshot
+writer fills, and ``wait_store`` waits until its applied index reaches the ledger's.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from cluster.client import ClusterClient
 from cluster.config import ClusterConfig
 from cluster.errors import ClusterError, NotFound
 from node.feed import MAX_FEED_PAGE_EVENTS
+from snapshots.database import DatabaseError, open_database
 
 log = logging.getLogger("chaos.observer")
 
@@ -38,6 +41,16 @@ FEED_TIMEOUT_S = 6.0
 RETRY_S = 0.2
 SNAPSHOT_REFUSALS_PER_NODE = 3  # snapshots declined per node before one is accepted
 LOOKUP_CONCURRENCY = 16  # final lookups of holds and orders in flight
+STORE_POLL_S = 0.25
+# The tables the checker reads, and the columns it needs of each.
+STORE_COLUMNS = {
+    "orders": ("order_id", "cart_id", "user_id", "order_status", "payment_status"),
+    "cart": ("hold_id", "cart_id", "status", "order_id"),
+    "inventory": (
+        "product_id", "available_quantity", "reserved_quantity", "sold_quantity", "total_stock",
+    ),
+    "stock_moves": ("ledger_index", "seq", "product_id", "from_bucket", "to_bucket", "quantity"),
+}
 
 
 class FeedRecorder:
@@ -166,3 +179,47 @@ async def lookup(
 
     pairs = await asyncio.gather(*(one(i) for i in sorted(set(ids))))
     return dict(pairs)
+
+
+def read_store(url: str) -> dict[str, Any]:
+    """The rows of the snapshot store at ``url`` the checker judges, read in one
+    transaction (one consistent picture): ``applied_index``, ``rebuilt_from_index`` and
+    per table a list of rows as dicts."""
+    db = open_database(url, durable=False)
+    try:
+        with db.transaction() as tx:
+            head = tx.query("SELECT ledger_index, rebuilt_from_index FROM applied_index")
+            out: dict[str, Any] = {
+                "applied_index": int(head[0][0]) if head else -1,
+                "rebuilt_from_index": int(head[0][1]) if head else 0,
+            }
+            for table, columns in STORE_COLUMNS.items():
+                rows = tx.query(f"SELECT {', '.join(columns)} FROM {table}")
+                out[table] = [dict(zip(columns, row, strict=True)) for row in rows]
+        return out
+    finally:
+        db.close()
+
+
+def _store_index(url: str) -> int:
+    db = open_database(url, durable=False)
+    try:
+        rows = db.query("SELECT ledger_index FROM applied_index WHERE id = 1")
+        return int(rows[0][0]) if rows else -1
+    finally:
+        db.close()
+
+
+async def wait_store(url: str, index: int, timeout_s: float) -> int:
+    """Wait until the store's applied index reaches ``index``; the index it has."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    applied = -1
+    while True:
+        try:
+            applied = await asyncio.to_thread(_store_index, url)
+        except DatabaseError:
+            applied = -1  # not created or migrated yet, or locked for a moment
+        if applied >= index or loop.time() > deadline:
+            return applied
+        await asyncio.sleep(STORE_POLL_S)

@@ -1,25 +1,37 @@
 """One chaos run, end to end: start a cluster, sell under faults, recover, judge.
 
 Theory of operation: ``run_chaos`` builds a fresh cluster in the output folder (proxy,
-3 routed nodes, 2 gateways; ``chaos.topology``), starts it, creates the sale's products,
+3 routed nodes, 2 gateways, the order-snapshot writer on a SQLite store;
+``chaos.topology``), starts it, creates the sale's products,
 and then, for ``duration_s`` seconds, runs the workload and the nemesis side by side
 while the feed recorder follows the log. Afterwards it heals whatever is left, lets the
 shoppers' last operations finish, waits past every hold and payment deadline (nothing
 may stay reserved), waits until every node holds the same ledger, collects the final
-state and hands history and final state to the pure checker. Every process it started
+state, waits until the snapshot writer has applied the final ledger index and reads its
+rows, and hands history and final state to the pure checker. Every process it started
 is stopped, then SIGKILLed by pid, on every way out.
 
 The output folder holds ``history.jsonl`` (every operation and fault), ``feed.jsonl``
 (every committed event), ``final.json`` (the final state and the feed, the checker's
 second input), ``report.json`` (verdict, counts, schedule, settings) and ``cluster/``
 (config and process logs). ``recheck(folder)`` judges a saved run again.
+
+``run_target`` drives the same sale against a cluster that is already running (its
+cluster.toml given): it starts no process, so it injects no fault (a kill needs the
+process's pid, a partition needs the run's proxy between the nodes), and it does not
+read a snapshot store (the cluster's writer may not run, or lag). It creates two
+products of its own (ids tagged per run, as are its shoppers and keys), sells them,
+waits for their deadlines and judges the history and the whole log with the same
+checker: a workload-and-checker run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -32,12 +44,13 @@ from chaos.checker import Verdict, check
 from chaos.history import History, load_history
 from chaos.launcher import Launcher
 from chaos.nemesis import Nemesis, schedule
-from chaos.observer import FeedRecorder, lookup, node_states
+from chaos.observer import FeedRecorder, lookup, node_states, read_store, wait_store
 from chaos.proxy import ProxyControl
 from chaos.scenarios import SCENARIOS, Scenario
 from chaos.topology import build_topology
 from chaos.workload import Workload
 from cluster.client import ClusterClient
+from cluster.config import ClusterConfig, load_config
 
 # The sale's cluster: Raft timing as in cluster.toml, a shorter commit timeout so unknown
 # outcomes resolve quickly, and payments due 6 s after checkout so orders expire in-run.
@@ -64,6 +77,7 @@ CONVERGE_TIMEOUT_S = 90.0
 DRAIN_MARGIN_S = 30.0  # beyond the last deadline, for the expiry ticker and elections
 POLL_S = 0.25
 MIN_DURATION_S = 5
+TARGET_MAX_DRAIN_S = 60  # longest payment deadline a target run waits for at the end
 
 
 async def _wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float) -> None:
@@ -81,14 +95,22 @@ async def _wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float
         await asyncio.sleep(POLL_S)
 
 
-async def _drain(client: ClusterClient, timeout_s: float) -> bool:
-    """Wait until no node has a unit reserved (every hold and unpaid order ended)."""
+async def _drain(
+    client: ClusterClient, timeout_s: float, products: set[str] | None = None
+) -> bool:
+    """Wait until no node has a unit reserved (every hold and unpaid order ended) of any
+    product, or of ``products``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
         states = await node_states(client)
         if all(
-            s is not None and all(p["reserved"] == 0 for p in s["products"])
+            s is not None
+            and all(
+                p["reserved"] == 0
+                for p in s["products"]
+                if products is None or p["product_id"] in products
+            )
             for s in states.values()
         ):
             return True
@@ -153,6 +175,9 @@ async def _run(
                 await launcher.wait_healthy(session, node_id)
             if await nemesis.leader(LEADER_TIMEOUT_S) is None:
                 raise TimeoutError(f"no leader after {LEADER_TIMEOUT_S:g}s")
+            for writer_id in topology.writer_ids:
+                launcher.start(writer_id)
+                await launcher.wait_healthy(session, writer_id)
             recorder = FeedRecorder(topology.config, session, out / "feed.jsonl")
             recorder_task = asyncio.create_task(recorder.run(), name="feed-recorder")
             workload = Workload(topology.config, scenario.plan, seed, history, session, client)
@@ -192,6 +217,11 @@ async def _run(
             )
             recorder.stop()
             await recorder_task
+            store: dict[str, Any] | None = None
+            if topology.writer_ids:
+                url = topology.config.storage.url
+                await wait_store(url, recorder.last_index, CONVERGE_TIMEOUT_S)
+                store = await asyncio.to_thread(read_store, url)
             final = {
                 "events": recorder.entries,
                 "feed_last_index": recorder.last_index,
@@ -201,6 +231,7 @@ async def _run(
                 "expect_drained": True,
                 "drained": drained,
                 "tolerance_ms": EXPIRY_TOLERANCE_MS,
+                "store": store,
             }
             report["nemesis"] = {
                 "applied": nemesis.applied,
@@ -224,6 +255,116 @@ async def _run(
     return verdict, report
 
 
+async def _leader(client: ClusterClient, timeout_s: float) -> str | None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        statuses = await client.status_all()
+        leaders = [n for n, st in statuses.items() if st is not None and st.get("role") == "leader"]
+        if leaders:
+            return leaders[0]
+        if loop.time() > deadline:
+            return None
+        await asyncio.sleep(POLL_S)
+
+
+async def _run_target(
+    config: ClusterConfig, scenario: Scenario, duration_s: float, seed: int, out: Path,
+    say: TextIO,
+) -> tuple[Verdict, dict[str, Any]]:
+    """The sale against a running cluster: no process started, no fault (module doc)."""
+    tag = f"t{secrets.token_hex(3)}-"
+    plan = dataclasses.replace(
+        scenario.plan,
+        products=tuple(
+            dataclasses.replace(p, product_id=f"{p.product_id}-{tag[:-1]}")
+            for p in scenario.plan.products
+        ),
+    )
+    history = History(out / "history.jsonl")
+    report: dict[str, Any] = {
+        "scenario": "target",
+        "description": "workload and checker against a running cluster; no faults injected",
+        "target": str(config.path),
+        "seed": seed,
+        "tag": tag,
+        "duration_s": duration_s,
+        "schedule": [],
+        "command": f"flashsale chaos run --target --config {config.path} --duration "
+        f"{duration_s:g} --seed {seed}",
+    }
+    recorder: FeedRecorder | None = None
+    recorder_task: asyncio.Task[None] | None = None
+    try:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
+            ClusterClient(config, session) as client,
+        ):
+            if await _leader(client, LEADER_TIMEOUT_S) is None:
+                raise TimeoutError(f"no leader after {LEADER_TIMEOUT_S:g}s")
+            for gateway in config.gateways:
+                await _wait_ready(session, gateway.listen.url + "/readyz", READY_TIMEOUT_S)
+            recorder = FeedRecorder(config, session, out / "feed.jsonl")
+            recorder_task = asyncio.create_task(recorder.run(), name="feed-recorder")
+            workload = Workload(config, plan, seed, history, session, client, tag=tag)
+            for n, product in enumerate(plan.products):
+                command = product.create_command(f"create-{tag}{seed}-{n}")
+                if await workload.internal("admin", "create_product", command) != "ok":
+                    raise RuntimeError(f"could not create {product.product_id}")
+            say.write(f"chaos: target {config.path}, seed {seed}, {duration_s:g} s, no faults "
+                      f"(products {', '.join(p.product_id for p in plan.products)}), output "
+                      f"in {out}\n")
+            say.flush()
+            await workload.run(duration_s)
+            ours = {p.product_id for p in plan.products}
+            # Unpaid orders hold their units until the cluster's payment deadline: wait
+            # for it only when it is short (the chaos cluster's is 6 s, a shop's minutes).
+            payment_s = config.ledger.payment_ttl_s
+            expect_drained = payment_s <= TARGET_MAX_DRAIN_S
+            longest_s = max(p.hold_ttl_ms for p in plan.products) / 1000
+            longest_s += payment_s if expect_drained else 0
+            drained = await _drain(client, longest_s + DRAIN_MARGIN_S, ours)
+            states = await _converge(client, CONVERGE_TIMEOUT_S)
+            indexes = [st["ledger_index"] for st in states.values() if st is not None]
+            await recorder.wait_for(max(indexes, default=0), CONVERGE_TIMEOUT_S)
+            holds = await lookup(client, "hold", _acknowledged(history, "reserve", "hold_id"))
+            orders = await lookup(
+                client, "order", _acknowledged(history, "checkout", "order_id")
+            )
+            recorder.stop()
+            await recorder_task
+            final = {
+                "events": recorder.entries,
+                "feed_last_index": recorder.last_index,
+                "nodes": states,
+                "holds": holds,
+                "orders": orders,
+                "expect_drained": expect_drained,
+                "drain_products": sorted(ours),
+                "drained": drained,
+                "tolerance_ms": EXPIRY_TOLERANCE_MS,
+                "store": None,
+            }
+            report["nemesis"] = {"applied": 0, "skipped": 0, "errors": [], "process_starts": {}}
+            report["workload"] = {"outcomes": workload.stats.by_outcome}
+    finally:
+        if recorder is not None:
+            recorder.stop()
+        if recorder_task is not None and not recorder_task.done():
+            recorder_task.cancel()
+        history.close()
+    (out / "final.json").write_text(json.dumps(final, separators=(",", ":")), encoding="utf-8")
+    verdict = check(history.records, final, expiry_tolerance_ms=EXPIRY_TOLERANCE_MS)
+    verdict.notes.append("target mode: no faults injected, snapshot store not checked")
+    if not final["expect_drained"]:
+        verdict.notes.append(
+            f"payments are due {config.ledger.payment_ttl_s} s after checkout here: the run "
+            "did not wait for unpaid orders to expire, so 'nothing left reserved' was not "
+            "checked"
+        )
+    return verdict, report
+
+
 def run_chaos(
     scenario_name: str,
     duration_s: float,
@@ -231,8 +372,12 @@ def run_chaos(
     out_dir: Path | None = None,
     *,
     say: TextIO | None = None,
+    target: Path | None = None,
 ) -> int:
-    """Run one scenario and print its verdict; exit status 0 when it passed."""
+    """Run one scenario and print its verdict; exit status 0 when it passed.
+
+    With ``target`` (a running cluster's cluster.toml): the workload and the checker only,
+    against that cluster (``run_target``'s rules in the module docstring)."""
     out_stream = say if say is not None else sys.stdout
     scenario = SCENARIOS.get(scenario_name)
     if scenario is None:
@@ -241,15 +386,22 @@ def run_chaos(
         raise ValueError(f"duration {duration_s:g} s: at least {MIN_DURATION_S} s")
     if seed is None:
         seed = random.SystemRandom().randrange(1, 1 << 31)
-    out = out_dir if out_dir is not None else Path("var") / "chaos" / f"{scenario_name}-{seed}"
+    config = load_config(target) if target is not None else None
+    name = scenario_name if config is None else "target"
+    out = out_dir if out_dir is not None else Path("var") / "chaos" / f"{name}-{seed}"
     out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-            verdict, report = runner.run(_run(scenario, duration_s, seed, out, out_stream))
+            if config is not None:
+                verdict, report = runner.run(
+                    _run_target(config, scenario, duration_s, seed, out, out_stream)
+                )
+            else:
+                verdict, report = runner.run(_run(scenario, duration_s, seed, out, out_stream))
     except (TimeoutError, RuntimeError, OSError, aiohttp.ClientError) as exc:
         # The cluster could not be started or did not recover: no verdict is possible.
-        aborted = {"scenario": scenario_name, "seed": seed, "aborted": f"{type(exc).__name__}: "
+        aborted = {"scenario": name, "seed": seed, "aborted": f"{type(exc).__name__}: "
                    f"{exc}", "passed": False}
         (out / "report.json").write_text(json.dumps(aborted, indent=2), encoding="utf-8")
         out_stream.write(f"chaos: run aborted, no verdict: {aborted['aborted']}\n"

@@ -2,11 +2,12 @@
 
 Theory of operation: ``build_topology`` picks free loopback ports, writes one
 cluster.toml that every process of the run reads (nodes, gateways, the sale's settings),
-and plans one proxy link per pair of nodes. pysyncobj connects each pair once, from the
-node with the greater Raft address (compared as text) to the other, so the link of the
-pair ``(a, b)`` listens on a free port and forwards to the lesser node's Raft address,
-and the greater node's route sends its connection there (``chaos.routed_node``). Cutting
-that one link cuts the pair both ways.
+and plans one proxy link per pair of nodes (the order-snapshot writer, ``python -m
+snapshots``, gets a ``[snapshots] listen`` address and a SQLite store in the folder).
+pysyncobj connects each pair once, from the node with the greater Raft address (compared
+as text) to the other, so the link of the pair ``(a, b)`` listens on a free port and
+forwards to the lesser node's Raft address, and the greater node's route sends its
+connection there (``chaos.routed_node``). Cutting that one link cuts the pair both ways.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from chaos.proxy import LinkSpec
 from cluster.config import ClusterConfig, HostPort, load_config
 
 LOOPBACK = "127.0.0.1"
+WRITER = "snapshots"  # the process name of the order-snapshot writer
+WRITER_FEED_WAIT_MS = 1_000  # its long-poll: short, so a dead node is left soon
 
 
 def free_ports(count: int) -> list[int]:
@@ -55,6 +58,11 @@ class Topology:
     @property
     def gateway_ids(self) -> list[str]:
         return [g.id for g in self.config.gateways]
+
+    @property
+    def writer_ids(self) -> list[str]:
+        """The snapshot writer's process name, when this cluster has one."""
+        return [WRITER] if self.config.snapshots.listen is not None else []
 
     def links_of(self, node_id: str) -> list[str]:
         """Names of the links that carry ``node_id``'s Raft traffic."""
@@ -92,7 +100,7 @@ def build_topology(
         raise ValueError("a chaos cluster needs at least one node and one gateway")
     directory.mkdir(parents=True, exist_ok=True)
     n_pairs = n_nodes * (n_nodes - 1) // 2
-    ports = iter(free_ports(2 * n_nodes + n_gateways + n_pairs + 2))
+    ports = iter(free_ports(2 * n_nodes + n_gateways + n_pairs + 3))
     raft_addr = {f"n{i + 1}": f"{LOOPBACK}:{next(ports)}" for i in range(n_nodes)}
     lines = [
         "[cluster]",
@@ -128,6 +136,10 @@ def build_topology(
         "",
         "[storage]",
         f"url = {_toml('sqlite:///' + str(directory / 'orders.db'))}",
+        "",
+        "[snapshots]",
+        f'listen = "{LOOPBACK}:{next(ports)}"',
+        f"feed_wait_ms = {WRITER_FEED_WAIT_MS}",
         "",
     ]
     config_path = directory / "cluster.toml"

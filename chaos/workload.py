@@ -124,8 +124,13 @@ class Workload:
         history: History,
         session: aiohttp.ClientSession,
         client: ClusterClient,
+        *,
+        tag: str = "",
     ) -> None:
         self.config = config
+        # Put into every user id and admin key: a run against a cluster that already saw
+        # one with this seed gets shoppers and keys of its own.
+        self.tag = tag
         self.plan = plan
         self.seed = seed
         self.history = history
@@ -206,7 +211,7 @@ class Workload:
             n += 1
             command = {
                 "type": "restock",
-                "key": f"restock-{self.seed}-{n}",
+                "key": f"restock-{self.tag}{self.seed}-{n}",
                 "product_id": product.product_id,
                 "quantity": quantity,
             }
@@ -351,7 +356,7 @@ class _Shopper:
     def next_shopper(self) -> None:
         """This shopper leaves; a new one (a new user id) takes the seat."""
         self.generation += 1
-        self.user = f"u{self.number:03d}-{self.generation}"
+        self.user = f"u{self.work.tag}{self.number:03d}-{self.generation}"
         self.token = issue_token(self.work.config.secret, self.user, TOKEN_TTL_S)
         self.holds: list[_Hold] = []
         self.cart_id: str | None = None

@@ -237,7 +237,9 @@ def build_parser() -> Parser:
         dest="action", required=True, metavar="ACTION", parser_class=Parser
     )
     chaos_run = chsub.add_parser(
-        "run", help="start a cluster, sell under a fault scenario, check every invariant"
+        "run",
+        parents=[common],
+        help="start a cluster, sell under a fault scenario, check every invariant",
     )
     chaos_run.add_argument(
         "--scenario",
@@ -256,6 +258,14 @@ def build_parser() -> Parser:
     )
     chaos_run.add_argument(
         "--out", type=Path, metavar="DIR", help="output folder (default var/chaos/NAME-SEED)"
+    )
+    chaos_run.add_argument(
+        "--target",
+        action="store_true",
+        help="sell against the running cluster of --config instead of starting one: "
+        "workload and checker only, NO faults (kills need the run to own the processes, "
+        "partitions need its proxy between the nodes) and no snapshot-store check; "
+        "creates two products of its own; --scenario does not apply",
     )
     chaos_run.set_defaults(handler=cmd_chaos_run)
     add_data_commands(sub, common)
@@ -521,6 +531,16 @@ def cmd_chaos_run(args: argparse.Namespace) -> int:
     if args.scenario not in SCENARIOS:
         raise Failure(
             f"unknown scenario {args.scenario!r}: one of {', '.join(SCENARIOS)}", EXIT_USAGE
+        )
+    if args.target:
+        if args.scenario != "mixed":
+            raise Failure(
+                "--target injects no faults (the run owns no process and no link): "
+                "--scenario does not apply",
+                EXIT_USAGE,
+            )
+        return run_chaos(
+            args.scenario, args.duration, args.seed, args.out, target=Path(args.config)
         )
     return run_chaos(args.scenario, args.duration, args.seed, args.out)
 

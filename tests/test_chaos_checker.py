@@ -4,13 +4,17 @@ Every history here is made from a real ledger run (so the feed has the exact sha
 nodes serve) and then, for the bad cases, one bug is planted in it: an oversell, a lost
 acknowledged hold, a duplicate order for one key, a first-come-first-served violation, a
 per-user limit breach, a hold that outlives its deadline, a divergent node, a phantom
-write. The stock levels of planted events are restamped from their moves, so each plant
+write; and in the order-snapshot store a missing order or hold, a wrong status, a
+duplicate order, wrong stock, a journal that does not add up and a store left behind.
+The stock levels of planted events are restamped from their moves, so each plant
 breaks one promise and the test can insist on that kind of violation.
 """
 
 from __future__ import annotations
 
 import copy
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from chaos.checker import (
@@ -24,12 +28,15 @@ from chaos.checker import (
     LOST_ACK,
     OVERSELL,
     PHANTOM,
+    STORE,
     Verdict,
     check,
 )
 from chaos.history import History
+from chaos.observer import read_store
 from ledger import Ledger, Settings
 from ledger.codec import encode_event, encode_view
+from snapshots.store import FeedPage, SnapshotStore
 
 T0 = 1_700_000_000_000
 TTL_MS = 3_000
@@ -375,3 +382,122 @@ def test_faults_are_counted() -> None:
     sale.history.fault("begin", "kill", target="n1")
     sale.history.fault("end", "kill", target="n1")
     assert check(sale.history.records, sale.final()).counts["faults"] == 1
+
+
+# -- the order-snapshot store ------------------------------------------------------------
+
+
+def store_of(sale: Sale, tmp_path: Path, up_to: int | None = None) -> str:
+    """A real snapshot store (SQLite) that applied the sale's feed; its URL."""
+    url = f"sqlite:///{tmp_path / 'orders.db'}"
+    store = SnapshotStore.open(url)
+    try:
+        last = sale.ledger.index if up_to is None else up_to
+        events = [e for e in sale.feed if e["index"] <= last]
+        store.apply_page(FeedPage(events=events, last_index=last), 0)
+    finally:
+        store.close()
+    return url
+
+
+def judged_with_store(sale: Sale, url: str) -> Verdict:
+    final = dict(sale.final(), feed_last_index=sale.ledger.index, store=read_store(url))
+    return check(sale.history.records, final)
+
+
+def plant(url: str, sql: str, params: tuple[Any, ...] = ()) -> None:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        assert db.execute(sql, params).rowcount >= 1
+
+
+def the_order(sale: Sale) -> str:
+    return str(sale.feed[position(sale.feed, "order_placed")]["order_id"])
+
+
+def test_a_store_that_follows_the_log_passes(tmp_path: Path) -> None:
+    sale = clean_sale()
+    verdict = judged_with_store(sale, store_of(sale, tmp_path))
+    assert verdict.ok, verdict.summary()
+    assert verdict.counts["store_orders"] == 1
+    assert verdict.counts["store_index"] == sale.ledger.index
+
+
+def test_a_missing_acknowledged_order_in_the_store_is_caught(tmp_path: Path) -> None:
+    sale = clean_sale()
+    url = store_of(sale, tmp_path)
+    plant(url, "DELETE FROM orders WHERE order_id = ?", (the_order(sale),))
+    verdict = judged_with_store(sale, url)
+    assert kinds(verdict) == {STORE}
+    assert "acknowledged" in verdict.violations[0].detail
+
+
+def test_an_order_with_the_wrong_status_in_the_store_is_caught(tmp_path: Path) -> None:
+    sale = clean_sale()
+    url = store_of(sale, tmp_path)
+    plant(url, "UPDATE orders SET order_status = 'pending', payment_status = 'pending' "
+          "WHERE order_id = ?", (the_order(sale),))
+    verdict = judged_with_store(sale, url)
+    assert kinds(verdict) == {STORE}
+    assert "'completed', 'paid'" in verdict.violations[0].detail
+
+
+def test_a_duplicate_order_row_in_the_store_is_caught(tmp_path: Path) -> None:
+    sale = clean_sale()
+    url = store_of(sale, tmp_path)
+    # A second order for the same cart, as a writer that applied a checkout twice would.
+    plant(url, "INSERT INTO orders SELECT 'o-dup', user_id, cart_id, order_status, "
+          "payment_status, amount_minor, currency, payment_method, failure, created_at_ms, "
+          "pay_by_ms, updated_at_ms, pii_sealed, pii_key_id, ledger_index FROM orders "
+          "WHERE order_id = ?", (the_order(sale),))
+    verdict = judged_with_store(sale, url)
+    assert DUPLICATE in kinds(verdict)
+    assert any("o-dup" in v.detail and v.kind == STORE for v in verdict.violations)
+
+
+def test_the_same_order_row_twice_is_caught() -> None:
+    sale = clean_sale()
+    final = sale.final()
+    oid = the_order(sale)
+    row = {"order_id": oid, "cart_id": "c1", "user_id": "u1", "order_status": "completed",
+           "payment_status": "paid"}
+    final["store"] = {"applied_index": sale.ledger.index, "orders": [row, dict(row)]}
+    verdict = check(sale.history.records, final)
+    assert any(v.kind == DUPLICATE and f"order {oid} twice" in v.detail
+               for v in verdict.violations)
+
+
+def test_wrong_stock_in_the_store_is_caught(tmp_path: Path) -> None:
+    sale = clean_sale()
+    url = store_of(sale, tmp_path)
+    plant(url, "UPDATE inventory SET available_quantity = available_quantity - 1, "
+          "sold_quantity = sold_quantity + 1 WHERE product_id = 'p1'")
+    verdict = judged_with_store(sale, url)
+    assert kinds(verdict) == {STORE}
+    assert [v.detail.split(" ")[0] for v in verdict.violations] == ["inventory"]
+
+
+def test_a_journal_that_does_not_add_up_is_caught(tmp_path: Path) -> None:
+    sale = clean_sale()
+    url = store_of(sale, tmp_path)
+    plant(url, "DELETE FROM stock_moves WHERE rowid = (SELECT MAX(rowid) FROM stock_moves)")
+    verdict = judged_with_store(sale, url)
+    assert kinds(verdict) == {STORE}
+    assert "stock_moves journal" in verdict.violations[0].detail
+
+
+def test_a_missing_hold_in_the_store_is_caught(tmp_path: Path) -> None:
+    sale = clean_sale()
+    url = store_of(sale, tmp_path)
+    hold = sale.feed[position(sale.feed, "hold_placed", "u3:b")]["hold_id"]
+    plant(url, "DELETE FROM cart WHERE hold_id = ?", (hold,))
+    verdict = judged_with_store(sale, url)
+    assert kinds(verdict) == {STORE}
+    assert f"hold {hold}" in verdict.violations[0].detail
+
+
+def test_a_store_left_behind_the_ledger_is_caught(tmp_path: Path) -> None:
+    sale = clean_sale()
+    url = store_of(sale, tmp_path, up_to=sale.ledger.index - 1)
+    verdict = judged_with_store(sale, url)
+    assert kinds(verdict) == {STORE}
+    assert "stopped at ledger index" in verdict.violations[0].detail

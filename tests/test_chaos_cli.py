@@ -34,3 +34,22 @@ def test_a_duration_out_of_bounds_is_a_usage_error(duration: str) -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["chaos", "run", "--duration", duration])
     assert exc.value.code == 2
+
+
+def test_chaos_run_can_target_the_running_cluster_of_a_config() -> None:
+    args = build_parser().parse_args(["chaos", "run", "--target", "--config", "prod.toml"])
+    assert args.target and args.config == "prod.toml"
+    assert not build_parser().parse_args(["chaos", "run"]).target
+
+
+def test_a_target_run_refuses_a_fault_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    # It owns no process and no link, so it cannot inject the faults a scenario names.
+    assert main(["chaos", "run", "--target", "--scenario", "pause"]) == 2
+    assert "--target injects no faults" in capsys.readouterr().err
+
+
+def test_a_target_run_with_a_missing_config_is_a_usage_error(tmp_path: Path) -> None:
+    code = main(["chaos", "run", "--target", "--config", str(tmp_path / "none.toml"),
+                 "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert not (tmp_path / "run").exists()

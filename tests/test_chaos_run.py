@@ -3,7 +3,8 @@
 Seed 42 of ``mixed`` schedules, in 35 s, a follower kill, a partition of the leader, a
 kill of every node at once and a leader kill (the last is skipped when restarts made the
 schedule drift into the recovery tail); the shoppers keep buying through all of it and
-the checker must find every promise kept. The run starts and stops its own
+the checker must find every promise kept, in the log and in the order-snapshot store
+(whose writer dies with the cluster in the full restart). The run starts and stops its own
 processes (and SIGKILLs every one of them by pid on the way out).
 """
 
@@ -45,6 +46,11 @@ def test_a_short_mixed_run_keeps_every_promise(tmp_path: Path) -> None:
     assert counts["acknowledged"] > 50
     assert counts["holds_placed"] > 50
     assert report["nemesis"]["errors"] == []
+    # The order-snapshot writer ran through it all (killed with the cluster) and its store
+    # was judged: at the final ledger index, one row per order of the log.
+    assert counts["store_index"] == counts["last_index"]
+    assert counts["store_orders"] == counts["orders_placed"] > 0
+    assert report["nemesis"]["process_starts"]["snapshots"] >= 1
     # Every node was killed at least once and came back.
     assert all(report["nemesis"]["process_starts"][n] >= 2 for n in ("n1", "n2", "n3"))
     # The saved run judges the same way again.

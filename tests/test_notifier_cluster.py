@@ -84,6 +84,7 @@ async def test_order_and_sold_out_notices_through_a_real_cluster(
     smtp, sms = SmtpSink(), SmsSink()
     smtp.start()
     await sms.start()
+    notifier: subprocess.Popen[bytes] | None = None
     try:
         cluster = local_cluster(n_nodes=1, gateways=1)
         port = add_notifier(cluster, smtp, sms)
@@ -150,15 +151,22 @@ async def test_order_and_sold_out_notices_through_a_real_cluster(
             assert sms.messages[0].to == "+15550009999"
             assert order["order_id"] in sms.messages[0].body
 
-            async with http.get(
-                f"http://127.0.0.1:{port}/v1/outbox",
-                headers={"Authorization": f"Bearer {cluster.token}"},
-            ) as resp:
-                summary = await resp.json()
-            assert summary["rows"] == {"sent": 3} and not summary["pending"]
+            async def outbox_settled() -> bool:
+                # A message is received before its outbox row is marked sent.
+                async with http.get(
+                    f"http://127.0.0.1:{port}/v1/outbox",
+                    headers={"Authorization": f"Bearer {cluster.token}"},
+                ) as resp:
+                    summary = await resp.json()
+                return bool(summary["rows"] == {"sent": 3} and not summary["pending"])
+
+            await eventually(outbox_settled, 30, "every outbox row marked sent")
         notifier.terminate()
         assert await asyncio.to_thread(notifier.wait, 30) == 0
         assert smtp.count() == 2 and len(sms.messages) == 1
     finally:
+        if notifier is not None and notifier.poll() is None:
+            notifier.kill()
+            notifier.wait()
         await sms.stop()
         smtp.stop()
