@@ -68,7 +68,7 @@ class Wait:
 
 @dataclass(frozen=True, slots=True)
 class Idle:
-    pass
+    """Nothing is queued: the batcher waits for the next command."""
 
 
 Decision = Send | Wait | Idle
