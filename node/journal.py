@@ -111,6 +111,10 @@ class DurableJournal:
         self._entries: list[Entry] = []
         self._offsets: list[int] = []  # file offset of each entry's record
         self._dirty = False  # written since the last sync
+        # Set by deleteEntriesFrom: entries from this position on stay while the adds that
+        # follow repeat them exactly (a resent append_entries, see node.log_matching);
+        # the first differing add, or any other call, cuts the log there for real.
+        self._replay_from: int | None = None
         self._fd = -1
         self._end = 0
         self._open_and_load()
@@ -121,6 +125,13 @@ class DurableJournal:
 
     def add(self, command: bytes | str, idx: int, term: int) -> None:
         data = command if isinstance(command, bytes) else command.encode("utf-8")
+        pos = self._replay_from
+        if pos is not None:
+            if self._entries[pos] == (data, idx, term):
+                # The same entry again: already on disk, nothing to write or cut.
+                self._replay_from = pos + 1 if pos + 1 < len(self._entries) else None
+                return
+            self._settle()
         record = encode_record(data, idx, term)
         self._pwrite_all(record, self._end)
         self._offsets.append(self._end)
@@ -131,13 +142,16 @@ class DurableJournal:
     def clear(self) -> None:
         # Only called when a snapshot replaces the log; the dump was synced before its
         # rename (node.dump), so an empty journal loses nothing.
+        self._replay_from = None
         self._truncate_to(0)
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
+        self._settle()
         if entryFrom < len(self._entries):
-            self._truncate_to(max(entryFrom, 0))
+            self._replay_from = max(entryFrom, 0)
 
     def deleteEntriesTo(self, entryTo: int) -> None:
+        self._settle()
         if entryTo > 0:
             self._rewrite(self._entries[entryTo:])
 
@@ -148,12 +162,23 @@ class DurableJournal:
     def __getitem__(self, item: slice) -> list[Entry]: ...
 
     def __getitem__(self, item: int | slice) -> Entry | list[Entry]:
+        if self._replay_from is not None:
+            self._settle()
         return self._entries[item]
 
     def __len__(self) -> int:
+        if self._replay_from is not None:
+            self._settle()
         return len(self._entries)
 
+    def _settle(self) -> None:
+        """Carry out a pending deleteEntriesFrom for the entries not repeated since."""
+        pos, self._replay_from = self._replay_from, None
+        if pos is not None:
+            self._truncate_to(pos)
+
     def _destroy(self) -> None:
+        self._settle()
         if self._fd >= 0:
             self.sync()
             self._store_meta()
@@ -200,6 +225,7 @@ class DurableJournal:
         An fsync that fails raises OSError: the caller must stop the node, because the
         kernel may have dropped the unsynced pages and a retry could report success.
         """
+        self._settle()
         if not self._dirty:
             return
         if self.durable:
@@ -222,6 +248,7 @@ class DurableJournal:
         in, followed by committed entries the dump lacks; trimming here keeps them.
         Returns True when the journal was trimmed.
         """
+        self._settle()
         if len(self._entries) < 2:
             return False
         first_idx = self._entries[0][1]

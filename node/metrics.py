@@ -20,6 +20,11 @@ class NodeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.tails_kept = Counter(
+            "flashsale_node_log_tails_kept",
+            "Resent append_entries rewritten so acknowledged entries were kept",
+            registry=r,
+        )
         self.commits = Counter(
             "flashsale_node_commits", "Committed batches (Raft entries) applied", registry=r
         )
