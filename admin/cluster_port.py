@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from cluster.client import SubmitResult
+from cluster.config import NodeConfig
 
 
 class ClusterPort(Protocol):
@@ -25,6 +26,10 @@ class ClusterPort(Protocol):
         params: Mapping[str, str | int] | None = None,
         node_id: str | None = None,
         timeout_s: float | None = None,
+    ) -> dict[str, Any]: ...
+
+    async def change_membership(
+        self, action: str, node: NodeConfig, *, deadline_s: float = 15.0
     ) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...

@@ -5,8 +5,10 @@ Theory of operation (pure functions, no I/O): ``node_rows`` turns every node's
 index and lag behind the leader (the leader's commit index minus the node's, never
 negative: the statuses are read a few milliseconds apart). The leader is the node that
 says it leads with the highest term, as a partitioned old leader may still believe it
-leads. ``request_total`` reads a gateway's Prometheus text, and ``rate_per_s`` turns two
-readings into requests per second.
+leads. Rows follow the leader's member list when it sends one: a node of the config that
+is not a member (removed, or not yet added) has no row, and a member far behind the
+leader shows as catching up. ``request_total`` reads a gateway's Prometheus text, and
+``rate_per_s`` turns two readings into requests per second.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ REQUEST_COUNTERS = (
     "http_requests_total",
 )
 SCRAPE_ROUTE = "/metrics"
+CATCHING_UP_LAG = 100  # a member this many entries behind the leader is "catching up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +44,11 @@ class NodeRow:
     log_size: int | None
     uptime_s: float | None
     leader_id: str | None  # whom this node believes leads
+    health: str = "down"  # up | down | catching up
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "health": self.health,
             "id": self.id,
             "api": self.api,
             "up": self.up,
@@ -106,15 +111,27 @@ def leader_id(statuses: Mapping[str, Mapping[str, Any] | None]) -> str | None:
     return None if best is None else best[1]
 
 
+def member_ids(status: Mapping[str, Any] | None) -> frozenset[str] | None:
+    """The member ids a node's /v1/status lists; None when it lists none."""
+    members = status.get("members") if status is not None else None
+    if not isinstance(members, list):
+        return None
+    return frozenset(str(m.get("id")) for m in members if isinstance(m, dict))
+
+
 def node_rows(
     config: ClusterConfig, statuses: Mapping[str, Mapping[str, Any] | None]
 ) -> list[NodeRow]:
-    """One row per configured node, in config order."""
+    """One row per configured member (every configured node without a leader's list),
+    in config order."""
     lead = leader_id(statuses)
     lead_status = statuses.get(lead) if lead is not None else None
     lead_commit = _int(lead_status.get("commit_index")) if lead_status is not None else None
+    members = member_ids(lead_status)
     rows = []
     for node in config.nodes:
+        if members is not None and node.id not in members:
+            continue
         status = statuses.get(node.id)
         if status is None:
             rows.append(
@@ -142,6 +159,7 @@ def node_rows(
                 log_size=_int(status.get("log_size")),
                 uptime_s=_num(status.get("uptime_s")),
                 leader_id=believed_id if isinstance(believed_id, str) else None,
+                health="catching up" if lag is not None and lag >= CATCHING_UP_LAG else "up",
             )
         )
     return rows

@@ -14,13 +14,14 @@ from typing import Any
 
 from aiohttp import web
 
-from admin.app_keys import CLOCK_MS, HUB, METRICS, STORE, session_of
+from admin.app_keys import CLOCK_MS, CONFIG, HUB, METRICS, STORE, session_of
 from admin.formatting import duration_s, time_ms
-from admin.layout import page
+from admin.layout import message, page
 from admin.live import Snapshot, TooManySubscribers
+from admin.membership import AUDIT_ACTIONS, change_audited, forbidden, may_change, membership_forms
 from admin.render import Markup, join, render, tag
-from admin.security import UNAVAILABLE, problem
-from admin.sessions import still_live
+from admin.security import UNAVAILABLE, problem, see_other
+from admin.sessions import set_flash, still_live
 
 log = logging.getLogger("admin.live")
 
@@ -38,7 +39,12 @@ def node_row(node: dict[str, Any]) -> Markup:
         [
             _cell("id", node.get("id")),
             _cell("api", node.get("api")),
-            tag("td", "up" if up else "down", data_k="health", class_="up" if up else "down"),
+            tag(
+                "td",
+                str(node.get("health") or ("up" if up else "down")),
+                data_k="health",
+                class_="up" if up else "down",
+            ),
             _cell("role", node.get("role")),
             _cell("term", node.get("term")),
             _cell("commit_index", node.get("commit_index")),
@@ -70,8 +76,15 @@ def gateway_row(gateway: dict[str, Any]) -> Markup:
 
 
 async def cluster_page(request: web.Request) -> web.StreamResponse:
+    return _cluster_page(request)
+
+
+def _cluster_page(
+    request: web.Request, *, notice: Markup | None = None, status: int = 200
+) -> web.Response:
     snapshot = request.app[HUB].latest or {}
     nodes = snapshot.get("nodes", [])
+    members = snapshot.get("members")
     gateways = snapshot.get("gateways", [])
     content = render(
         "cluster.html",
@@ -81,9 +94,33 @@ async def cluster_page(request: web.Request) -> web.StreamResponse:
             "node_rows": join(node_row(n) for n in nodes),
             "gateway_rows": join(gateway_row(g) for g in gateways)
             or Markup('<tr class="empty"><td colspan="5">no gateways configured</td></tr>'),
+            "membership": membership_forms(
+                request, request.app[CONFIG], members if isinstance(members, list) else None
+            ),
         },
     )
-    return page(request, title="Cluster", page_id="cluster", content=content)
+    return page(
+        request, title="Cluster", page_id="cluster", content=content, notice=notice, status=status
+    )
+
+
+async def change_members(request: web.Request) -> web.StreamResponse:
+    """POST /cluster/members: add or remove a Raft member (operators; audited)."""
+    data = await request.post()
+    action, node_id = str(data.get("action", "")), str(data.get("node_id", ""))
+    if not may_change(request):
+        raise forbidden(request, action, node_id)
+    node = next((n for n in request.app[CONFIG].nodes if n.id == node_id), None)
+    if action not in AUDIT_ACTIONS or node is None:
+        text = f"Not changed: action {action!r} on node {node_id!r} (a node of cluster.toml)"
+        return _cluster_page(request, notice=message(text, "error"), status=422)
+    change = await change_audited(request, action, node)
+    if change.status != "changed":
+        return _cluster_page(
+            request, notice=message(change.message, "error"), status=change.http_status
+        )
+    set_flash(request.app[STORE], session_of(request), change.message)
+    return see_other("/cluster")
 
 
 async def cluster_api(request: web.Request) -> web.StreamResponse:

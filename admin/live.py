@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -27,6 +27,7 @@ from admin.cluster_view import (
     GatewayReading,
     GatewayRow,
     leader_id,
+    member_ids,
     node_rows,
     rate_per_s,
     request_total,
@@ -198,6 +199,7 @@ class LiveHub:
             "at_ms": now_ms,
             "leader": leader_id(statuses),
             "nodes": [row.as_json() for row in node_rows(self._config, statuses)],
+            "members": _members(statuses),
             "gateways": [row.as_json() for row in gateways],
             "products": products,
             "products_error": products_error,
@@ -220,3 +222,10 @@ class LiveHub:
                 # A bug here must not stop the live view for good: log it, go on.
                 log.exception("live poll failed")
             await asyncio.sleep(max(0.05, period_s - (time.monotonic() - started)))
+
+
+def _members(statuses: Mapping[str, Mapping[str, Any] | None]) -> list[str] | None:
+    """The member ids the leader lists, sorted; None without a leader or a list."""
+    lead = leader_id(statuses)
+    found = member_ids(statuses.get(lead) if lead is not None else None)
+    return None if found is None else sorted(found)

@@ -38,7 +38,7 @@ from admin.app_keys import (
 )
 from admin.audit_views import audit_page
 from admin.cluster_port import ClusterPort
-from admin.cluster_views import cluster_api, cluster_page, live_stream
+from admin.cluster_views import change_members, cluster_api, cluster_page, live_stream
 from admin.feed import FeedFollower
 from admin.limits import MAX_FORM_BYTES
 from admin.live import LiveHub
@@ -158,6 +158,7 @@ def create_app(
     r.add_post("/login", login_submit)
     r.add_post("/logout", logout)
     r.add_get("/cluster", cluster_page)
+    r.add_post("/cluster/members", change_members)
     r.add_get("/sale", sale_page)
     r.add_post("/sale/products", create_product)
     r.add_get("/sale/products/{product_id}", product_page)

@@ -166,6 +166,25 @@ def build_parser() -> Parser:
     st.add_argument("--json", action="store_true", help="print /v1/status of each node")
     st.set_defaults(handler=cmd_status)
 
+    cluster = sub.add_parser("cluster", help="add or remove a Raft member while selling")
+    clsub = cluster.add_subparsers(
+        dest="action", required=True, metavar="ACTION", parser_class=Parser
+    )
+    add_node = clsub.add_parser(
+        "add-node",
+        parents=[common],
+        help="make a node of cluster.toml a member (then start it: flashsale node ID)",
+    )
+    add_node.add_argument("id", type=checked(identifier), help="node id from [[nodes]]")
+    add_node.set_defaults(handler=cmd_cluster_change, change="add")
+    remove_node = clsub.add_parser(
+        "remove-node",
+        parents=[common],
+        help="stop counting a member (a dead one, or one to retire; not the leader)",
+    )
+    remove_node.add_argument("id", type=checked(identifier), help="node id from [[nodes]]")
+    remove_node.set_defaults(handler=cmd_cluster_change, change="remove")
+
     product = sub.add_parser("product", help="create, change and list products")
     psub = product.add_subparsers(
         dest="action", required=True, metavar="ACTION", parser_class=Parser
@@ -249,11 +268,16 @@ def build_parser() -> Parser:
         "full-restart or mixed (default)",
     )
     chaos_run.add_argument(
-        "--duration", type=bounded_int(5, 24 * 3600), default=180, metavar="S",
+        "--duration",
+        type=bounded_int(5, 24 * 3600),
+        default=180,
+        metavar="S",
         help="seconds of selling under faults (default 180)",
     )
     chaos_run.add_argument(
-        "--seed", type=bounded_int(0, 2**63 - 1), metavar="N",
+        "--seed",
+        type=bounded_int(0, 2**63 - 1),
+        metavar="N",
         help="repeat a run: same faults, same shopper choices (default: random, printed)",
     )
     chaos_run.add_argument(
@@ -372,6 +396,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(status.table(statuses))
     return 0 if leader_id(statuses) is not None else 1
+
+
+def cmd_cluster_change(args: argparse.Namespace) -> int:
+    config = load(args)
+    node = config.node(args.id)
+    answer = with_client(config, lambda c: c.change_membership(args.change, node))
+    print(status.membership_change(args.change, node.id, answer))
+    return 0
 
 
 def with_client(

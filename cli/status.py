@@ -1,5 +1,7 @@
 """``flashsale status``: every node's view of the cluster as one table.
 
+The line under the table lists the Raft members as the leader counts them (a node can
+be configured without being a member: `flashsale cluster add-node` makes it one).
 Health is ``down`` when the node does not answer, ``behind N`` when it has applied N or
 more entries fewer than the highest commit index any node reports, ``ok`` otherwise.
 """
@@ -54,4 +56,32 @@ def table(statuses: Mapping[str, Mapping[str, Any] | None]) -> str:
         if leader is not None
         else f"no leader ({up}/{len(statuses)} nodes answering)"
     )
-    return render(header, rows) + "\n" + footer
+    lines = [render(header, rows), footer]
+    lead_status = statuses.get(leader) if leader is not None else None
+    members = member_ids(lead_status) if lead_status is not None else None
+    if members is not None:
+        lines.append(f"members: {', '.join(members)}")
+    return "\n".join(lines)
+
+
+def member_ids(status: Mapping[str, Any]) -> list[str] | None:
+    """The member ids a node's /v1/status lists (None when it lists none)."""
+    members = status.get("members")
+    if not isinstance(members, list):
+        return None
+    return [str(m.get("id")) for m in members if isinstance(m, dict)]
+
+
+def membership_change(action: str, node_id: str, answer: Mapping[str, Any]) -> str:
+    """What ``flashsale cluster add-node/remove-node`` prints after the leader agreed."""
+    members = member_ids(answer) or []
+    listed = ", ".join(members) if members else "?"
+    if action == "add":
+        return (
+            f"{node_id} is a member (members: {listed}); start it if it is not running: "
+            f"flashsale node {node_id}"
+        )
+    return (
+        f"{node_id} is no longer a member (members: {listed}); stop its process and "
+        "delete it from cluster.toml"
+    )

@@ -15,6 +15,10 @@ reached a leader (a timeout, a dropped connection, a 503 commit-unknown, a 5xx) 
 ``NoLeader`` if none can have (every attempt was refused before proposing). A 400 means
 the batch itself is wrong and raises ``InvalidCommand`` without retrying.
 
+Membership changes (``change_membership``) go to the leader too; they are not retried
+after the leader took them (a second add of a node that joined is refused, which would
+hide that the first one worked): an unconfirmed change raises ``CommitUnknown``.
+
 Reads (``get``) go to the leader by default (read-your-writes) and fall back to any
 node that answers.
 """
@@ -38,6 +42,7 @@ from cluster.errors import (
     ClusterError,
     CommitUnknown,
     InvalidCommand,
+    MembershipRefused,
     NoLeader,
     NotFound,
     ProtocolError,
@@ -201,6 +206,68 @@ class ClusterClient:
         raise NoLeader(
             f"no leader accepted the commands within {deadline_s:g}s; last: {last_problem}"
         )
+
+    async def change_membership(
+        self, action: str, node: NodeConfig, *, deadline_s: float = 15.0
+    ) -> dict[str, Any]:
+        """Ask the leader to ``add`` or ``remove`` ``node`` as a Raft member; the leader's
+        answer ({"action", "node", "members"}). Raises MembershipRefused (409, nothing
+        changed), NoLeader, CommitUnknown (the change may or may not be committed: look
+        at the members in /v1/status) or Unauthorized."""
+        if action not in ("add", "remove"):
+            raise ValueError(f"action={action!r}: expected 'add' or 'remove'")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        payload = {
+            "action": action,
+            "node_id": node.id,
+            "raft": str(node.raft),
+            "api": str(node.api),
+        }
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        backoff = _Backoff()
+        last_problem = "no attempt fit in the deadline"
+        while (remaining_s := deadline - loop.time()) > MIN_ATTEMPT_S:
+            target = await self.leader()
+            if target is None:
+                last_problem = "no leader known"
+                await backoff.sleep(deadline)
+                continue
+            # The leader waits up to its commit timeout: give it the time that is left.
+            try:
+                answer = await self._request(
+                    "POST", target, "/v1/membership", remaining_s, body=body
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                last_problem = f"{target.id}: {exc}"
+                self._give_up_on(target)
+                await backoff.sleep(deadline)
+                continue
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise CommitUnknown(
+                    f"{target.id}: {type(exc).__name__} {exc}; see the members in "
+                    "`flashsale status`"
+                ) from None
+            detail = _detail(answer)
+            if answer.status == 200:
+                self._leader = target
+                return answer.body
+            if answer.status == 409:
+                raise MembershipRefused(detail)
+            if answer.status in (401, 403):
+                raise Unauthorized(f"{target.id} refused the internal token: {detail}")
+            if answer.status == 503 and answer.body.get("type") == COMMIT_UNKNOWN:
+                raise CommitUnknown(detail)
+            if answer.status == 400:
+                raise ProtocolError(f"{target.id}: HTTP 400: {detail}")
+            last_problem = f"{target.id}: HTTP {answer.status}: {detail}"
+            hint = self._leader_hint(answer.body) if answer.status == 421 else None
+            if hint is not None:
+                self._leader = hint
+            else:
+                self._give_up_on(target)
+            await backoff.sleep(deadline, answer.retry_after_s or 0.0)
+        raise NoLeader(f"no leader took the change within {deadline_s:g}s; last: {last_problem}")
 
     # -- reads -----------------------------------------------------------------------
 

@@ -47,6 +47,9 @@ class NodeConfig:
     id: str
     raft: HostPort
     api: HostPort
+    # Not a member of a freshly started cluster: it joins through `flashsale cluster
+    # add-node`; the members leave it out of their initial Raft partners.
+    joining: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -415,15 +418,23 @@ def build_config(
     nodes: list[NodeConfig] = []
     for i, n in enumerate(data.get("nodes", [])):
         nid = _str(n, "id", f"nodes[{i}]")
+        joining = n.get("joining", False)
+        if isinstance(joining, str) and joining.lower() in ("true", "false"):
+            joining = joining.lower() == "true"  # an environment override arrives as text
+        if not isinstance(joining, bool):
+            raise ConfigError(f"nodes[{nid}].joining={joining!r}: expected true or false")
         nodes.append(
             NodeConfig(
                 nid,
                 parse_hostport(n.get("raft"), f"nodes[{nid}].raft"),
                 parse_hostport(n.get("api"), f"nodes[{nid}].api"),
+                joining,
             )
         )
     if not nodes:
         raise ConfigError("[[nodes]]: at least one node is required (3 or 5 for fault tolerance)")
+    if all(n.joining for n in nodes):
+        raise ConfigError("[[nodes]]: every node is joining; a cluster starts from its members")
     gateways = tuple(
         GatewayConfig(
             _str(g, "id", f"gateways[{i}]"),

@@ -15,6 +15,7 @@ COMMIT_UNKNOWN = PROBLEM_BASE + "commit-unknown"
 INVALID_COMMAND = PROBLEM_BASE + "invalid-command"
 NOT_FOUND = PROBLEM_BASE + "not-found"
 UNAUTHORIZED = PROBLEM_BASE + "unauthorized"
+MEMBERSHIP_REFUSED = PROBLEM_BASE + "membership-refused"
 
 
 class ClusterError(Exception):
@@ -56,3 +57,8 @@ class Unreachable(ClusterError):
 class ProtocolError(ClusterError):
     """A node answered something the internal API does not allow (a bug or a
     different program listening on the port)."""
+
+
+class MembershipRefused(ClusterError):
+    """The leader refused a membership change (HTTP 409): already a member, not a member,
+    the leader itself, another change in progress, or it would cost the quorum."""

@@ -14,6 +14,8 @@ node cannot confirm is 503 commit-unknown: retry with the same idempotency keys.
 Reads come from this node's local ledger (ask the leader to read your own writes).
 The feed (``GET /v1/feed``) serves committed events by ledger index, long-polls, and
 starts a reader that is too far behind with a snapshot of the state.
+Membership (``POST /v1/membership``, leader only) adds or removes one Raft member at a
+time (node.membership); ``/v1/status`` lists the members as this node sees them.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from cluster.auth import check_bearer
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, ConfigError, NodeConfig, parse_hostport
 from cluster.errors import (
     COMMIT_UNKNOWN,
     INVALID_COMMAND,
+    MEMBERSHIP_REFUSED,
     NO_LEADER,
     NOT_FOUND,
     NOT_LEADER,
@@ -52,6 +55,7 @@ from ledger.codec import (
 from ledger.limits import MAX_COMMANDS_PER_ENTRY, MAX_ID_LEN
 from node.expiry import ExpiryTicker
 from node.feed import MAX_FEED_PAGE_EVENTS, MAX_FEED_WAIT_MS, Feed, FeedPage
+from node.membership import ACTIONS, Changed, Membership, Refused
 from node.metrics import NodeMetrics
 from node.proposals import Committed, NotLeader, Overloaded, Proposals
 from node.raft import RaftNode, desired_settings
@@ -83,6 +87,7 @@ class NodeServices:
     feed: Feed
     proposals: Proposals
     metrics: NodeMetrics
+    membership: Membership
     started_monotonic: float = field(default_factory=time.monotonic)
 
 
@@ -186,23 +191,7 @@ async def post_commands(request: web.Request) -> web.Response:
             {"index": applied.index, "results": [encode_result(r) for r in applied.results]}
         )
     if isinstance(outcome, NotLeader):
-        leader = outcome.leader
-        if leader is not None and leader.id != s.node_id:
-            return problem(
-                421,
-                NOT_LEADER,
-                "Not the leader",
-                f"node {s.node_id} is not the leader; send to {leader.id}",
-                leader={"id": leader.id, "api": str(leader.api)},
-            )
-        return problem(
-            503,
-            NO_LEADER,
-            "No leader",
-            f"node {s.node_id} knows no leader (election in progress?)",
-            headers={"Retry-After": str(NO_LEADER_RETRY_AFTER_S)},
-            leader=None,
-        )
+        return _not_leader(s, outcome.leader)
     if isinstance(outcome, Overloaded):
         return problem(
             503,
@@ -220,7 +209,97 @@ async def post_commands(request: web.Request) -> web.Response:
     )
 
 
+def _not_leader(s: NodeServices, leader: NodeConfig | None) -> web.Response:
+    if leader is not None and leader.id != s.node_id:
+        return problem(
+            421,
+            NOT_LEADER,
+            "Not the leader",
+            f"node {s.node_id} is not the leader; send to {leader.id}",
+            leader={"id": leader.id, "api": str(leader.api)},
+        )
+    return problem(
+        503,
+        NO_LEADER,
+        "No leader",
+        f"node {s.node_id} knows no leader (election in progress?)",
+        headers={"Retry-After": str(NO_LEADER_RETRY_AFTER_S)},
+        leader=None,
+    )
+
+
+def _membership_target(config: ClusterConfig, body: Any) -> tuple[str, NodeConfig]:
+    """(action, node) of a membership request; HTTPBadRequest when malformed. A node
+    missing from this node's config (the operator added it to cluster.toml after this
+    node started) comes with its ``raft`` and ``api`` addresses."""
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(reason='expected {"action": "add"|"remove", "node_id": ID}')
+    action, node_id = body.get("action"), body.get("node_id")
+    if action not in ACTIONS:
+        raise web.HTTPBadRequest(reason=f"action={action!r}: expected one of {list(ACTIONS)}")
+    if not isinstance(node_id, str) or not 1 <= len(node_id) <= MAX_ID_LEN:
+        raise web.HTTPBadRequest(reason=f"node_id: expected 1..{MAX_ID_LEN} characters")
+    known = next((n for n in config.nodes if n.id == node_id), None)
+    try:
+        raft = parse_hostport(body["raft"], "raft") if "raft" in body else None
+        api = parse_hostport(body["api"], "api") if "api" in body else None
+    except ConfigError as exc:
+        raise web.HTTPBadRequest(reason=str(exc)) from None
+    if known is not None:
+        if (raft is not None and raft != known.raft) or (api is not None and api != known.api):
+            raise web.HTTPBadRequest(
+                reason=f"node {node_id} has raft={known.raft} api={known.api} in this node's "
+                "config, not what the request says"
+            )
+        return action, known
+    if raft is None or api is None:
+        raise web.HTTPBadRequest(
+            reason=f"node {node_id} is not in this node's config: send its raft and api"
+        )
+    return action, NodeConfig(node_id, raft, api)
+
+
+async def post_membership(request: web.Request) -> web.Response:
+    s = request.app[RUNTIME].require()
+    try:
+        body = json.loads(await request.read())
+    except ValueError as exc:
+        raise web.HTTPBadRequest(reason=f"not JSON: {exc}") from None
+    action, node = _membership_target(s.config, body)
+    st = s.raft.status()
+    me = s.config.node(s.node_id)
+    outcome = await s.membership.change(action, node, leader=str(me.raft), partners=st.partners)
+    if isinstance(outcome, Changed):
+        log.info("membership changed", extra={"action": action, "node": node.id})
+        return web.json_response(
+            {
+                "action": action,
+                "node": {"id": node.id, "raft": str(node.raft), "api": str(node.api)},
+                "members": _members(s),
+            }
+        )
+    if isinstance(outcome, Refused):
+        return problem(409, MEMBERSHIP_REFUSED, "Membership change refused", outcome.reason)
+    if isinstance(outcome, NotLeader):
+        return _not_leader(s, outcome.leader)
+    return problem(
+        503,
+        COMMIT_UNKNOWN,
+        "Change unknown",
+        f"the change of {node.id} may or may not be committed ({outcome.reason}); "
+        "see the members in /v1/status",
+    )
+
+
 # -- status and reads -----------------------------------------------------------------------
+
+
+def _members(s: NodeServices) -> list[dict[str, Any]]:
+    """The Raft members as this node sees them (itself and its partners), by id."""
+    me = s.config.node(s.node_id)
+    members: list[dict[str, Any]] = [{"id": me.id, "raft": str(me.raft), "api": str(me.api)}]
+    members += [{"id": p.id, "raft": p.raft, "api": p.api} for p in s.raft.status().partners]
+    return sorted(members, key=lambda m: str(m["id"]))
 
 
 async def get_status(request: web.Request) -> web.Response:
@@ -246,6 +325,7 @@ async def get_status(request: web.Request) -> web.Response:
             "digest": digest,
             "durability": s.config.durability,
             "has_quorum": st.has_quorum,
+            "members": _members(s),
             "partners": [
                 {
                     "id": p.id,
@@ -398,7 +478,8 @@ async def _node_context(app: web.Application) -> AsyncIterator[None]:
         raft.stop()
         raise
     proposals = Proposals(raft, commit_timeout_ms=config.raft.commit_timeout_ms, metrics=metrics)
-    runtime.services = NodeServices(config, node_id, raft, feed, proposals, metrics)
+    membership = Membership(raft, timeout_ms=config.raft.commit_timeout_ms)
+    runtime.services = NodeServices(config, node_id, raft, feed, proposals, metrics, membership)
     ticker = ExpiryTicker(raft, proposals, node_id=node_id, period_ms=config.raft.expire_period_ms)
     sync = SettingsSync(raft, proposals, desired_settings(config), node_id=node_id)
     tasks = [
@@ -437,6 +518,7 @@ def make_app(config: ClusterConfig, node_id: str) -> web.Application:
     app.cleanup_ctx.append(_node_context)
     app.on_shutdown.append(_release_waiters)
     app.router.add_post("/v1/commands", post_commands)
+    app.router.add_post("/v1/membership", post_membership)
     app.router.add_get("/v1/status", get_status)
     app.router.add_get("/v1/products", get_products)
     app.router.add_get("/v1/products/{id}", get_product)

@@ -58,6 +58,7 @@ from ledger import Applied, Ledger, Settings
 from node.dump import DumpFile
 from node.feed import Feed
 from node.journal import DurableJournal
+from node.log_matching import keep_matching_tail
 from node.metrics import NodeMetrics
 
 log = logging.getLogger("node.raft")
@@ -74,6 +75,19 @@ BIND_WAIT_S = 10.0  # a restarting node waits this long for its Raft port to be 
 EXIT_DURABILITY_FAILURE = 70  # exit status when an fsync fails (the kernel may have lost data)
 JOURNAL_FILE = "raft.journal"
 DUMP_FILE = "raft.dump"
+
+class _QuietResend(logging.Filter):
+    """Drops pysyncobj's "truncating already-applied log entries" record while a resent
+    append_entries whose tail node.log_matching kept is being applied (tick thread)."""
+
+    active = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.active and "already-applied" in str(record.msg))
+
+
+_QUIET_RESEND = _QuietResend()
+logging.getLogger(syncobj_module.__name__).addFilter(_QUIET_RESEND)
 
 _ROLES = {0: "follower", 1: "candidate", 2: "leader"}
 _REPLICATED_ATTRIBUTES = frozenset({"_ledger", "_SyncObj__enabledCodeVersion"})
@@ -207,6 +221,23 @@ class SyncingTransport(TCPTransport):  # type: ignore[misc]
             self.release()
         return bool(super().send(node, message))
 
+    def held_count(self) -> int:
+        """How many acknowledgements are held (a mark for ``cap_acks_since``)."""
+        return len(self._held)
+
+    def cap_acks_since(self, mark: int, node: Any, next_index: int) -> None:
+        """Lower the success acknowledgements to ``node`` held since ``mark`` so that they
+        claim entries up to ``next_index - 1`` only (node.log_matching)."""
+        for i in range(mark, len(self._held)):
+            to, message = self._held[i]
+            if (
+                to is node
+                and message.get("type") == "next_node_idx"
+                and message.get("success")
+                and message.get("next_node_idx", 0) > next_index
+            ):
+                self._held[i] = (to, {**message, "next_node_idx": next_index})
+
     def release(self) -> None:
         """Sync the journal, then send the acknowledgements held since the last release."""
         self._sync()
@@ -259,7 +290,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             on_state_changed=self._on_state_changed,
         )
         wait_for_port(me.raft, BIND_WAIT_S)
-        partners = [str(n.raft) for n in config.nodes if n.id != node_id]
+        # The initial members: every node of the config but the joining ones (they join
+        # through a membership change, which the journal or the dump then remembers).
+        partners = [str(n.raft) for n in config.nodes if n.id != node_id and not n.joining]
 
         def transport(sync_obj: Any, self_node: Any, other_nodes: Any) -> SyncingTransport:
             self._transport = SyncingTransport(
@@ -364,6 +397,25 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         runs on the tick thread; it must not block and must not raise."""
         self.apply_batch(at_ms, commands, callback=callback)
 
+    def change_membership(
+        self, action: str, raft: str, callback: Callable[[Any, int], None]
+    ) -> None:
+        """Queue a membership change (``add``/``remove`` of the node at Raft address
+        ``raft``); thread-safe. ``callback(None, fail_reason)`` runs on the tick thread
+        when the change entry is committed or refused. The leader switches to the new
+        member set when it appends the entry, the others when they receive it."""
+        if action == "add":
+            self.addNodeToCluster(raft, callback=callback)
+        elif action == "remove":
+            self.removeNodeFromCluster(raft, callback=callback)
+        else:
+            raise ValueError(f"action={action!r}: expected 'add' or 'remove'")
+
+    def learn_node(self, node: NodeConfig) -> None:
+        """Name the node at ``node.raft`` in the status (a node the config lacks)."""
+        # Mutated in place, never reassigned: a new attribute would be dumped.
+        self._nodes_by_raft.setdefault(str(node.raft), node)
+
     def _checkCommandsToApply(self) -> None:
         if self._isLeader():
             SyncObj._checkCommandsToApply(self)
@@ -376,6 +428,31 @@ class RaftNode(SyncObj):  # type: ignore[misc]
             except queue.Empty:
                 return
             self._SyncObj__callErrCallback(FAIL_REASON.NOT_LEADER, callback)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        # pysyncobj binds this name as its transport callback in SyncObj.__init__, so the
+        # override sees every message first. A resent append_entries must not drop
+        # entries this follower already acknowledged (node.log_matching).
+        if isinstance(message, dict) and message.get("type") == "append_entries":
+            rewritten = keep_matching_tail(message, self._journal)
+            if rewritten is not message:
+                self._metrics.tails_kept.inc()
+                # pysyncobj still deletes and re-adds the tail (the journal writes nothing
+                # for it) and would log that as a possible divergence: it is not one.
+                # pysyncobj acknowledges up to the end of the entries it was handed, which
+                # now include the kept tail; the leader vouched only for its own entries,
+                # and the tail may still conflict with its log: acknowledge only those.
+                transport = self._transport
+                mark = transport.held_count() if transport is not None else 0
+                _QUIET_RESEND.active = True
+                try:
+                    SyncObj._SyncObj__onMessageReceived(self, node, rewritten)
+                finally:
+                    _QUIET_RESEND.active = False
+                if transport is not None:
+                    transport.cap_acks_since(mark, node, message["entries"][-1][1] + 1)
+                return
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     def _SyncObj__loadDumpFile(self, clearJournal: bool) -> None:
         if clearJournal:  # a snapshot from the leader replaces everything
@@ -452,9 +529,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         return self._status.role == "leader"
 
     def leader(self) -> NodeConfig | None:
-        """The leader this node knows of, when it is a node of the config."""
+        """The leader this node knows of, when it is a node of the config (or learned)."""
         leader_id = self._status.leader_id
-        for n in self.config.nodes:
+        for n in list(self._nodes_by_raft.values()):
             if n.id == leader_id:
                 return n
         return None

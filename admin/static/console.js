@@ -87,7 +87,7 @@
     tr.append(
       cell("id", show(n.id)),
       cell("api", show(n.api)),
-      cell("health", n.up ? "up" : "down", n.up ? "up" : "down"),
+      cell("health", n.health || (n.up ? "up" : "down"), n.up ? "up" : "down"),
       cell("role", show(n.role)),
       cell("term", show(n.term)),
       cell("commit_index", show(n.commit_index)),

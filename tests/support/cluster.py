@@ -10,6 +10,9 @@ The HTTP helpers are synchronous (urllib) so plain pytest tests can drive a clus
 ``submit`` follows the leader through 421 and retries 503 with the very same command
 dicts (same idempotency keys), as every real client must.
 
+Membership: ``joining=("n4",)`` writes ``joining = true`` for those nodes: configured but
+not members until ``flashsale cluster add-node`` (``start()`` leaves them stopped).
+
 Gateways: ``LocalCluster(..., gateways=N)`` writes N ``[[gateways]]`` entries with free
 ports; ``start_gateway(id)`` runs ``python -m gateway --config PATH ID`` like a node.
 """
@@ -27,7 +30,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,7 @@ class LocalCluster:
         secret: str | None = None,
         ledger: Mapping[str, int] | None = None,
         gateway_settings: Mapping[str, int] | None = None,
+        joining: Collection[str] = (),
         **raft_overrides: int,
     ) -> None:
         self.dir = directory
@@ -148,6 +152,7 @@ class LocalCluster:
                 f'id = "n{i + 1}"',
                 f'raft = "127.0.0.1:{ports[2 * i]}"',
                 f'api = "127.0.0.1:{ports[2 * i + 1]}"',
+                *(["joining = true"] if f"n{i + 1}" in joining else []),
                 "",
             ]
         for j in range(gateways):
@@ -197,9 +202,10 @@ class LocalCluster:
 
     def start(self, *, timeout_s: float = STARTUP_TIMEOUT_S) -> str:
         """Start every node (and gateway); return the leader's id once there is one."""
-        for node_id in self.node_ids:
+        members = [n.id for n in self.config.nodes if not n.joining]
+        for node_id in members:
             self.start_node(node_id, wait=False)
-        for node_id in self.node_ids:
+        for node_id in members:
             self.wait_healthy(node_id, timeout_s)
         leader = self.wait_for_leader(timeout_s)
         for g in self.config.gateways:
