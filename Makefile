@@ -37,3 +37,9 @@ clean:
 .PHONY: chaos
 chaos: install
 	$(BIN)/flashsale chaos run --scenario mixed --duration 180
+
+# The shopper journey under locust against a local 3-node cluster, a gateway and the
+# payments sandbox; summary on stdout, CSV/HTML reports in var/load/ (docs/BENCHMARKS.md).
+.PHONY: load
+load: install
+	$(BIN)/python -m loadtests.run_load
