@@ -1,13 +1,15 @@
 """Guest sessions: a bearer token for a fresh random shopper, for the demo shop page.
 
-Theory of operation: ``POST /session/guest`` mints a new user id (``guest-`` and 16 hex
-digits from the OS's random source) and a token proving it (gateway.identity), so a
-browser can shop without an account. Nothing is stored: the token is the session. A new
-id per call means a guest session sidesteps nothing a real shopper could not, except
-that anyone can have as many as they like, which is why it is only on where that does
-not matter: in development mode by default, in production only when the operator sets
-``[gateway] guest_sessions = true`` (for a demo or a load test). Otherwise the endpoint
-answers 403 ``guest-sessions-disabled`` and shops hand out tokens themselves
+Theory of operation: ``POST /session/guest`` mints a new user id (``guest-`` and 16
+lowercase letters from the OS's random source: letters, because the gateway refuses any
+request holding a run of digits that passes the Luhn check, as a card number would)
+and a token proving it (gateway.identity), so a browser can shop without an account.
+Nothing is stored: the token is the session. A new id per call means a guest session
+sidesteps nothing a real shopper could not, except that anyone can have as many as
+they like, which is why it is only on where that does not matter: in development mode
+by default, in production only when the operator sets ``[gateway] guest_sessions =
+true`` (for a demo or a load test). Otherwise the endpoint answers 403
+``guest-sessions-disabled`` and shops hand out tokens themselves
 (``flashsale token USER_ID``).
 """
 
@@ -23,7 +25,8 @@ from gateway.problems import Problem
 from gateway.shapes import rfc3339
 
 GUEST_PREFIX = "guest-"
-GUEST_ID_BYTES = 8  # 64 random bits: collisions are out of reach
+GUEST_ID_LETTERS = 16  # 26**16 ids (75 random bits): collisions are out of reach
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 GUEST_TOKEN_TTL_S = 4 * 3600  # a guest's token outlives any sale session (capped by token_ttl_s)
 
 
@@ -39,7 +42,7 @@ def guest_ttl_s(config: ClusterConfig) -> int:
 
 def new_guest_id() -> str:
     """A fresh shopper id that no one else holds."""
-    return GUEST_PREFIX + secrets.token_hex(GUEST_ID_BYTES)
+    return GUEST_PREFIX + "".join(secrets.choice(_LETTERS) for _ in range(GUEST_ID_LETTERS))
 
 
 def guest_sessions_disabled() -> Problem:

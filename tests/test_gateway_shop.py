@@ -85,6 +85,8 @@ async def test_a_guest_session_is_a_fresh_shopper_who_can_shop(shop: Shop) -> No
     assert first.headers["Cache-Control"] == "no-store"
     a, b = await first.json(), await second.json()
     assert a["user_id"].startswith(GUEST_PREFIX) and a["user_id"] != b["user_id"]
+    # Letters only: a digit run could pass the Luhn check and be refused as a card number.
+    assert a["user_id"][len(GUEST_PREFIX) :].isalpha()
     assert verify_token(SECRET, a["token"]) == a["user_id"]
     assert a["token_type"] == "Bearer" and a["expires_at"].endswith("Z")
     assert 0 < a["expires_at_ms"] - a["now_ms"] <= GUEST_TOKEN_TTL_S * 1000
