@@ -3,7 +3,9 @@ they rest on: idempotency keys, webhook signatures, amounts, the attempt store."
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
@@ -12,7 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from payments.attempts import AttemptState, AttemptStore, attempt_id
+from payments.attempts import MAX_GROUP, AttemptState, AttemptStore, attempt_id
 from payments.keys import attempt_key, ledger_payment_key, parse_attempt_key
 from payments.money import parse_amount, to_minor
 from payments.paypal_provider import PayPalProvider
@@ -278,6 +280,35 @@ async def test_attempts_survive_a_restart_of_the_store(tmp_path: Path) -> None:
         await again.update(attempt_id(key, "stripe"), AttemptState.RECORDED, 40)
         assert await again.open_attempts(charging_before_ms=10**15) == []
         assert await again.prune(10**15) == 1
+    finally:
+        await again.close()
+
+
+async def test_concurrent_attempt_writes_are_grouped_and_a_failing_one_fails_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "payments.db"
+    store = AttemptStore(path)
+    count = MAX_GROUP + 200  # more than one group
+
+    async def begin(n: int) -> None:
+        await store.begin(order_id=f"o{n}", user_id="alice", attempt_no=1, provider="stripe",
+                          idempotency_key=attempt_key(f"o{n}", 1), amount_minor=100,
+                          currency="USD", now_ms=n)
+
+    async def broken() -> None:
+        await store._run(lambda db: db.execute("UPDATE no_such_table SET x = 1"))
+
+    calls = [begin(n) for n in range(count)]
+    calls.insert(count // 2, broken())
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failed) == 1 and isinstance(failed[0], sqlite3.OperationalError)
+    await store.close()
+    again = AttemptStore(path)
+    try:
+        rows = await again.open_attempts(charging_before_ms=10**15, limit=10 * count)
+        assert len(rows) == count  # every other write was committed
     finally:
         await again.close()
 
