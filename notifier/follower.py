@@ -13,19 +13,16 @@ applied before a failure is lost or repeated.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 from notifier.metrics import NotifierMetrics
 from notifier.outbox import Outbox, PageApplied, Unseal
-from notifier.sender import Blocking, wait_any, wall_ms
-from snapshots.feed import FeedSource, FeedUnauthorized, FeedUnavailable
+from notifier.sender import Blocking, wall_ms
+from snapshots.feed import FeedSource, follow
 
 log = logging.getLogger("notifier.follower")
 
-RETRY_FIRST_S = 0.1  # first pause after a failure
-RETRY_MAX_S = 5.0  # pauses double up to this
 CATCH_UP_WAIT_MS = 200  # long-poll of ``catch_up`` (short: it watches for a target)
 
 
@@ -89,43 +86,20 @@ class Follower:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the feed until ``stop`` is set (an apply in progress completes first)."""
-        pause_s = RETRY_FIRST_S
-        stopping = asyncio.ensure_future(stop.wait())
-        try:
-            while not stop.is_set():
-                step = asyncio.ensure_future(self.step())
-                await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not step.done():
-                    # A long-poll is dropped; an apply on the blocking thread commits or
-                    # rolls back whole, so waiting for the step is safe and short.
-                    step.cancel()
-                    await asyncio.gather(step, return_exceptions=True)
-                    break
-                try:
-                    step.result()
-                    pause_s = RETRY_FIRST_S
-                    continue
-                except FeedUnauthorized:
-                    self.metrics.failures.labels("unauthorized").inc()
-                    log.error("the nodes refuse this config's internal token (cluster.secret)")
-                except FeedUnavailable as exc:
-                    self.metrics.failures.labels("feed").inc()
-                    log.warning("feed unavailable", extra={"error": str(exc)[:500]})
-                except Exception as exc:
-                    # The outbox or the key store failed (disk, locked, database down):
-                    # nothing was committed; read the position again and retry.
-                    self.metrics.failures.labels("apply").inc()
-                    log.warning(
-                        "applying a feed page failed; retrying",
-                        extra={"error": f"{type(exc).__name__}: {str(exc)[:500]}"},
-                    )
-                    self.position = -1
-                await wait_any([stop], pause_s)
-                pause_s = min(pause_s * 2, RETRY_MAX_S)
-        finally:
-            stopping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopping
+        await follow(
+            self.step, stop, failures=self.metrics.failures,
+            on_failure=self._recover, logger=log,
+        )  # fmt: skip
+
+    async def _recover(self, exc: Exception) -> None:
+        # The outbox or the key store failed (disk, locked, database down): nothing was
+        # committed; read the position again and retry.
+        self.metrics.failures.labels("apply").inc()
+        log.warning(
+            "applying a feed page failed; retrying",
+            extra={"error": f"{type(exc).__name__}: {str(exc)[:500]}"},
+        )
+        self.position = -1
 
     async def catch_up(self, index: int, timeout_s: float) -> None:
         """Step until the outbox holds ``index`` (tests)."""

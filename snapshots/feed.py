@@ -11,8 +11,10 @@ is not retried: ``FeedUnauthorized``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from cluster.client import ClusterClient
@@ -92,3 +94,60 @@ class NodeFeed:
     async def close(self) -> None:
         if self._own_client:
             await self._client.close()
+
+
+RETRY_FIRST_S = 0.1  # first pause after a failed step
+RETRY_MAX_S = 5.0  # pauses double up to this
+
+
+class FailureCounter(Protocol):
+    def labels(self, reason: str) -> Any: ...
+
+
+async def follow(
+    step: Callable[[], Awaitable[object]],
+    stop: asyncio.Event,
+    *,
+    failures: FailureCounter,
+    on_failure: Callable[[Exception], Awaitable[None]],
+    logger: logging.Logger,
+) -> None:
+    """Run ``step`` (apply one feed page) again and again until ``stop`` is set.
+
+    A step in progress when ``stop`` is set is cancelled: a long-poll is dropped, and an
+    apply running in a worker thread still commits or rolls back whole. After a failed
+    step the loop pauses (doubling from RETRY_FIRST_S to RETRY_MAX_S, cut short by
+    ``stop``) and tries again. Feed failures are counted and logged here; any other
+    exception goes to ``on_failure``, which recovers (and returns) or raises to end the
+    loop. The feed's consumers (snapshot writer, notifier) share this loop.
+    """
+    pause_s = RETRY_FIRST_S
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            current = asyncio.ensure_future(step())
+            await asyncio.wait({current, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not current.done():
+                current.cancel()
+                await asyncio.gather(current, return_exceptions=True)
+                break
+            try:
+                current.result()
+                pause_s = RETRY_FIRST_S
+                continue
+            except FeedUnauthorized:
+                failures.labels("unauthorized").inc()
+                logger.error("the nodes refuse this config's internal token (cluster.secret)")
+            except FeedUnavailable as exc:
+                failures.labels("feed").inc()
+                logger.warning("feed unavailable", extra={"error": str(exc)[:500]})
+            except Exception as exc:
+                await on_failure(exc)
+            pause = asyncio.ensure_future(asyncio.sleep(pause_s))
+            await asyncio.wait({pause, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            pause.cancel()
+            pause_s = min(pause_s * 2, RETRY_MAX_S)
+    finally:
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping

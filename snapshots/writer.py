@@ -21,14 +21,12 @@ import time
 from collections.abc import Callable
 
 from snapshots.database import DatabaseError
-from snapshots.feed import FeedSource, FeedUnauthorized, FeedUnavailable
+from snapshots.feed import FeedSource, follow
 from snapshots.metrics import WriterMetrics
 from snapshots.store import Applied, GapError, SnapshotStore
 
 log = logging.getLogger("snapshots.writer")
 
-RETRY_FIRST_S = 0.1  # first pause after a failure
-RETRY_MAX_S = 5.0  # pauses double up to this
 CATCH_UP_WAIT_MS = 200  # long-poll of ``catch_up`` (short: it watches for a target)
 
 
@@ -107,43 +105,25 @@ class SnapshotWriter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the feed until ``stop`` is set (a step in progress completes first)."""
-        pause_s = RETRY_FIRST_S
-        stopping = asyncio.ensure_future(stop.wait())
         try:
-            while not stop.is_set():
-                step = asyncio.ensure_future(self.step())
-                await asyncio.wait({step, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                if not step.done():
-                    # Stop: a long-poll is dropped; an apply in its thread still commits or
-                    # rolls back whole, so waiting for the step is safe and short.
-                    step.cancel()
-                    await asyncio.gather(step, return_exceptions=True)
-                    break
-                try:
-                    step.result()
-                    pause_s = RETRY_FIRST_S
-                    continue
-                except FeedUnauthorized:
-                    self.metrics.failures.labels("unauthorized").inc()
-                    log.error("the nodes refuse this config's internal token (cluster.secret)")
-                except FeedUnavailable as exc:
-                    self.metrics.failures.labels("feed").inc()
-                    log.warning("feed unavailable", extra={"error": str(exc)[:500]})
-                except GapError as exc:
-                    self.metrics.failures.labels("gap").inc()
-                    log.warning("position behind the store; refetching", extra={"error": str(exc)})
-                    await self._drop_store()
-                except DatabaseError as exc:
-                    self.metrics.failures.labels("store").inc()
-                    log.warning("store write failed; reopening", extra={"error": str(exc)[:500]})
-                    await self._drop_store()
-                with_pause = asyncio.ensure_future(asyncio.sleep(pause_s))
-                await asyncio.wait({with_pause, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                with_pause.cancel()
-                pause_s = min(pause_s * 2, RETRY_MAX_S)
+            await follow(
+                self.step, stop, failures=self.metrics.failures,
+                on_failure=self._recover, logger=log,
+            )  # fmt: skip
         finally:
-            stopping.cancel()
             await self._drop_store()
+
+    async def _recover(self, exc: Exception) -> None:
+        """A failed step the writer survives: reopen the store and read its position."""
+        if isinstance(exc, GapError):
+            self.metrics.failures.labels("gap").inc()
+            log.warning("position behind the store; refetching", extra={"error": str(exc)})
+        elif isinstance(exc, DatabaseError):
+            self.metrics.failures.labels("store").inc()
+            log.warning("store write failed; reopening", extra={"error": str(exc)[:500]})
+        else:
+            raise exc
+        await self._drop_store()
 
     async def catch_up(self, index: int, timeout_s: float) -> None:
         """Step until the store holds ``index`` (tests and the benchmark)."""
