@@ -179,14 +179,12 @@ class Launcher:
             proc = self.procs[name]
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with {proc.returncode}: {self.tail(name)}")
-            try:
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError):
                 async with session.get(
                     url, timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
                 ) as resp:
                     if resp.status == 200:
                         return
-            except (TimeoutError, aiohttp.ClientError):
-                pass
             if loop.time() > deadline:
                 raise TimeoutError(f"{name} not healthy after {timeout_s:g}s: {self.tail(name)}")
             await asyncio.sleep(POLL_S)

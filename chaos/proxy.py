@@ -109,7 +109,7 @@ class _Pipe:
     ) -> None:
         loop = asyncio.get_running_loop()
         last_due = 0.0
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             while data := await src.read(CHUNK_BYTES):
                 if self.dropping:
                     continue
@@ -117,15 +117,13 @@ class _Pipe:
                 # Never earlier than the chunk before: a shorter delay must not reorder.
                 last_due = max(last_due, loop.time() + self.link.delay_ms / 1000)
                 await queue.put((last_due, data))
-        except (ConnectionError, OSError):
-            pass
         await queue.put(None)
 
     async def _write(
         self, queue: asyncio.Queue[tuple[float, bytes] | None], dst: asyncio.StreamWriter
     ) -> None:
         loop = asyncio.get_running_loop()
-        try:
+        with contextlib.suppress(ConnectionError, OSError):
             while (item := await queue.get()) is not None:
                 due, data = item
                 if (wait_s := due - loop.time()) > 0:
@@ -134,8 +132,6 @@ class _Pipe:
                     continue
                 dst.write(data)
                 await dst.drain()
-        except (ConnectionError, OSError):
-            pass
         self.close()
 
     async def _drain(self, src: asyncio.StreamReader) -> None:

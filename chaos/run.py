@@ -28,6 +28,7 @@ checker: a workload-and-checker run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import random
@@ -84,12 +85,10 @@ async def _wait_ready(session: aiohttp.ClientSession, url: str, timeout_s: float
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     while True:
-        try:
+        with contextlib.suppress(TimeoutError, aiohttp.ClientError):
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=3)) as resp:
                 if resp.status == 200:
                     return
-        except (TimeoutError, aiohttp.ClientError):
-            pass
         if loop.time() > deadline:
             raise TimeoutError(f"{url} not ready after {timeout_s:g}s")
         await asyncio.sleep(POLL_S)

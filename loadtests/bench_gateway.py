@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -142,12 +143,9 @@ def _wait_ok(cluster: LocalCluster, proc_id: str, url: str) -> None:
         proc = cluster.procs[proc_id]
         if proc.poll() is not None:
             raise RuntimeError(f"{proc_id} exited with {proc.returncode}\n{cluster.tails()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1.0) as resp:
+            if resp.status == 200:
+                return
         if time.monotonic() > deadline:
             raise TimeoutError(f"{proc_id}: {url} not answering 200\n{cluster.tails()}")
         time.sleep(0.1)

@@ -300,13 +300,11 @@ class Sandbox:
                     body,
                 )
             headers["Content-Type"] = "application/json"
-            try:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 async with http.post(f"{s.webhook_url}/{api}", data=body, headers=headers) as r:
                     if r.status < 300:
                         self.stats.webhooks_sent += 1
                         return
-            except (aiohttp.ClientError, TimeoutError):
-                pass
             await asyncio.sleep(pause)
             pause *= 2
         self.stats.webhooks_failed += 1
