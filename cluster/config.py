@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import re
 import tomllib
@@ -112,6 +113,51 @@ class GatewaySettings:
     # POST /session/guest mints a token for a fresh random shopper (the demo shop page).
     # None: on in development mode, off in production; true/false decides explicitly.
     guest_sessions: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BotsConfig:
+    """[bots]: the gateways' defences against bots (docs/BOTS.md).
+
+    ``enabled = false`` switches every defence off at once (trusted internal load tests);
+    each defence also has a switch of its own. All are on by default.
+    """
+
+    enabled: bool = True
+    redis_url: str = ""  # empty: limits and queue are local to each gateway process
+    redis_timeout_ms: int = 50  # a Redis call slower than this falls back to local limits
+    # Rate limits: token buckets (refill per second, burst) per client IP, per shopper and
+    # per bearer token. Over the limit: 429 with Retry-After.
+    rate_limits: bool = True
+    ip_rate: float = 20.0
+    ip_burst: int = 40
+    shopper_rate: float = 5.0
+    shopper_burst: int = 10
+    token_rate: float = 5.0
+    token_burst: int = 10
+    # Proof of work (ALTCHA): add-to-cart and reserve-inventory need a solved challenge.
+    challenge: bool = True
+    challenge_difficulty: int = 50_000  # the largest secret number; the solver's mean work is half
+    challenge_ttl_s: int = 300  # a challenge expires after this; a solution is used once
+    # Heuristics: each request is scored; at block_score or over it is refused (403).
+    heuristics: bool = True
+    block_score: int = 100
+    accounts_per_ip: int = 20  # distinct shoppers seen from one IP per window before it scores
+    accounts_window_s: int = 600
+    min_page_to_write_ms: int = 500  # a write this soon after its challenge was issued scores
+    # Waiting room: before and at the sale's opening, writes need an admission token that
+    # the queue hands out in ticket order at admission_rate tickets per second.
+    waiting_room: bool = True
+    admission_rate: float = 50.0  # tickets admitted per second (changeable from the console)
+    admission_ttl_s: int = 900  # an admission token is good for this long
+    queue_opens_before_s: int = 900  # tickets are handed out from this long before the opening
+    # Lists and counters are bounded: past these the oldest entries are dropped.
+    max_list_entries: int = 10_000  # each block/allow list
+    max_tracked_clients: int = 100_000  # buckets and heuristics state per gateway process
+
+    def active(self, defence: str) -> bool:
+        """True when ``defence`` (rate_limits, challenge, heuristics, waiting_room) is on."""
+        return self.enabled and bool(getattr(self, defence))
 
 
 # The development master key for personal data: public, so anything sealed with it is
@@ -305,6 +351,7 @@ class ClusterConfig:
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     payments: PaymentsConfig = field(default_factory=PaymentsConfig)
     notifier: NotifierConfig = field(default_factory=NotifierConfig)
+    bots: BotsConfig = field(default_factory=BotsConfig)
     path: Path | None = None  # the file it was read from
 
     def node(self, node_id: str) -> NodeConfig:
@@ -483,6 +530,7 @@ def build_config(
     snapshots = _snapshots(data.get("snapshots", {}))
     payments = _payments(data.get("payments", {}))
     notifier = _notifier(data.get("notifier", {}), base_dir, data_dir, mode)
+    bots = _bots(data.get("bots", {}))
 
     _check_unique("node id", [n.id for n in nodes])
     _check_unique("gateway id", [g.id for g in gateways])
@@ -509,6 +557,7 @@ def build_config(
         snapshots=snapshots,
         payments=payments,
         notifier=notifier,
+        bots=bots,
         path=path,
     )
 
@@ -806,6 +855,56 @@ def _notifier(
             "send SMTP credentials in clear"
         )
     return config
+
+
+def _float(table: Mapping[str, Any], key: str, section: str, default: float, lo: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, str):  # an environment override of a key the file leaves out
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < lo:
+        raise ConfigError(f"{section}.{key}={value!r}: expected a number >= {lo}")
+    return float(value)
+
+
+def _bots(b: Mapping[str, Any]) -> BotsConfig:
+    d = BotsConfig()
+
+    def flag(key: str) -> bool:
+        value = _optional_bool(b, key, "bots")
+        return bool(getattr(d, key)) if value is None else value
+
+    redis_url = b.get("redis_url", d.redis_url)
+    if not isinstance(redis_url, str):
+        raise ConfigError(f"bots.redis_url={redis_url!r}: expected a string")
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"bots.redis_url={redis_url!r}: expected redis://, rediss:// or unix://")
+    return BotsConfig(
+        enabled=flag("enabled"),
+        redis_url=redis_url,
+        redis_timeout_ms=_int(b, "redis_timeout_ms", "bots", d.redis_timeout_ms, 1),
+        rate_limits=flag("rate_limits"),
+        ip_rate=_float(b, "ip_rate", "bots", d.ip_rate, 0.001),
+        ip_burst=_int(b, "ip_burst", "bots", d.ip_burst, 1),
+        shopper_rate=_float(b, "shopper_rate", "bots", d.shopper_rate, 0.001),
+        shopper_burst=_int(b, "shopper_burst", "bots", d.shopper_burst, 1),
+        token_rate=_float(b, "token_rate", "bots", d.token_rate, 0.001),
+        token_burst=_int(b, "token_burst", "bots", d.token_burst, 1),
+        challenge=flag("challenge"),
+        challenge_difficulty=_int(b, "challenge_difficulty", "bots", d.challenge_difficulty, 1),
+        challenge_ttl_s=_int(b, "challenge_ttl_s", "bots", d.challenge_ttl_s, 1),
+        heuristics=flag("heuristics"),
+        block_score=_int(b, "block_score", "bots", d.block_score, 1),
+        accounts_per_ip=_int(b, "accounts_per_ip", "bots", d.accounts_per_ip, 1),
+        accounts_window_s=_int(b, "accounts_window_s", "bots", d.accounts_window_s, 1),
+        min_page_to_write_ms=_int(b, "min_page_to_write_ms", "bots", d.min_page_to_write_ms, 0),
+        waiting_room=flag("waiting_room"),
+        admission_rate=_float(b, "admission_rate", "bots", d.admission_rate, 0.001),
+        admission_ttl_s=_int(b, "admission_ttl_s", "bots", d.admission_ttl_s, 1),
+        queue_opens_before_s=_int(b, "queue_opens_before_s", "bots", d.queue_opens_before_s, 0),
+        max_list_entries=_int(b, "max_list_entries", "bots", d.max_list_entries, 1),
+        max_tracked_clients=_int(b, "max_tracked_clients", "bots", d.max_tracked_clients, 100),
+    )
 
 
 def _check_unique(what: str, values: list[str]) -> None:
