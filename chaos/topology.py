@@ -119,6 +119,11 @@ def build_topology(
         "[gateway]",
         *(f"{k} = {_toml(v)}" for k, v in (gateway or {}).items()),
         "",
+        # The workload's shoppers are trusted clients of ours: the bot defences would only
+        # measure themselves here (docs/BOTS.md has the runs with them on).
+        "[bots]",
+        "enabled = false",
+        "",
     ]
     for node_id, address in raft_addr.items():
         lines += [

@@ -43,6 +43,7 @@ def _config(tmp_path: Path, **gateway: Any) -> ClusterConfig:
             "cluster": {"secret": SECRET},
             "nodes": [{"id": "n1", "raft": "127.0.0.1:1", "api": "127.0.0.1:2"}],
             "gateways": [{"id": "g1", "listen": "127.0.0.1:3"}],
+            "bots": {"enabled": False},
             "gateway": {"feed_wait_ms": 100, **gateway},
         },
         tmp_path,

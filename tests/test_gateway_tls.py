@@ -92,6 +92,7 @@ async def test_the_gateway_serves_https_with_its_certificate(tmp_path: Path) -> 
             "cluster": {"secret": "tls-test"},
             "nodes": [{"id": "n1", "raft": "127.0.0.1:1", "api": "127.0.0.1:2"}],
             "gateways": [{"id": "g1", "listen": f"127.0.0.1:{port}"}],
+            "bots": {"enabled": False},
             "gateway": {"tls_cert": str(cert), "tls_key": str(key), "feed_wait_ms": 50},
         },
         tmp_path,

@@ -94,6 +94,7 @@ def _config(tmp_path: Path, smtp: SmtpSink, sms: SmsSink, *, listen: bool = True
             "nodes": [{"id": "n1", "raft": f"127.0.0.1:{ports[0]}",
                        "api": f"127.0.0.1:{ports[1]}"}],
             "gateways": [{"id": "g1", "listen": f"127.0.0.1:{ports[2]}"}],
+            "bots": {"enabled": False},
             "gateway": {"feed_wait_ms": 100},
             "storage": {"url": "sqlite:///" + str(tmp_path / "orders.db")},
             "notifier": notifier,

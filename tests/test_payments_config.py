@@ -25,6 +25,7 @@ def config(tmp_path: Path, payments: dict[str, Any], mode: str = "development") 
         "cluster": {"secret": secret, "data_dir": str(tmp_path / "var"), "mode": mode},
         "nodes": [{"id": "n1", "raft": f"127.0.0.1:{ports[0]}", "api": f"127.0.0.1:{ports[1]}"}],
         "gateways": [{"id": "g1", "listen": f"127.0.0.1:{ports[2]}"}],
+        "bots": {"enabled": False},
         "admin": {"listen": f"127.0.0.1:{ports[3]}"},
         "payments": payments,
     }

@@ -86,6 +86,7 @@ def in_process_config(
             for i in range(n_nodes)
         ],
         "admin": {"listen": f"127.0.0.1:{ports[-1]}"},
+        "bots": {"enabled": False},  # trusted test clients
     }
     return build_config(data, directory)
 
@@ -119,6 +120,7 @@ class LocalCluster:
         secret: str | None = None,
         ledger: Mapping[str, int] | None = None,
         gateway_settings: Mapping[str, int] | None = None,
+        bots: Mapping[str, object] | None = None,
         joining: Collection[str] = (),
         **raft_overrides: int,
     ) -> None:
@@ -142,6 +144,10 @@ class LocalCluster:
             *(f"{k} = {_toml_value(v)}" for k, v in (ledger or {}).items()),
             "",
         ]
+        # Bot defences are off unless a test turns them on: the test clients are trusted.
+        lines.append("[bots]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in (bots or {"enabled": False}).items()]
+        lines.append("")
         if gateway_settings:
             lines.append("[gateway]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in gateway_settings.items()]
