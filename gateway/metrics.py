@@ -79,6 +79,13 @@ class GatewayMetrics:
             "Failed feed requests (the follower then moves to another node)",
             registry=r,
         )
+        self.bot_decisions = Counter(
+            "flashsale_gateway_bot_decisions_total",
+            "Bot-defence decisions: allowed, limited (429), challenged (403 challenge),"
+            " blocked (403), queued (waiting room), by reason",
+            ["decision", "reason"],
+            registry=r,
+        )
         self.feed_resets = Counter(
             "flashsale_gateway_feed_snapshot_resets_total",
             "Times the edge cache was reset from a feed snapshot",
