@@ -10,17 +10,24 @@ the client forget its belief, wait a short capped backoff and try again with the
 same command dicts, so the same idempotency keys: a retry of a command that did apply
 returns the recorded result instead of applying it twice.
 
+A node that is overloaded (503 ``overloaded``: its admission limit, node.admission, or
+its proposal queue is full) refused before proposing: that says nothing about who leads.
+The client keeps its belief and the same target and retries there after the node's
+Retry-After (capped, within the deadline), with the usual doubling backoff.
+
 When the deadline passes, the client raises ``CommitUnknown`` if any attempt may have
-reached a leader (a timeout, a dropped connection, a 503 commit-unknown, a 5xx) and
-``NoLeader`` if none can have (every attempt was refused before proposing). A 400 means
-the batch itself is wrong and raises ``InvalidCommand`` without retrying.
+reached a leader (a timeout, a dropped connection, a 503 commit-unknown, a 5xx),
+``Overloaded`` (a ``NoLeader``) if none can have and the last refusal was an overload,
+and ``NoLeader`` otherwise. A 400 means the batch itself is wrong and raises
+``InvalidCommand`` without retrying.
 
 Membership changes (``change_membership``) go to the leader too; they are not retried
 after the leader took them (a second add of a node that joined is refused, which would
 hide that the first one worked): an unconfirmed change raises ``CommitUnknown``.
 
 Reads (``get``) go to the leader by default (read-your-writes) and fall back to any
-node that answers.
+node that answers; an overloaded node is skipped for that read but stays the leader, and
+when every node asked was overloaded the read raises ``Overloaded`` (try later).
 """
 
 from __future__ import annotations
@@ -39,12 +46,14 @@ from cluster.auth import internal_token
 from cluster.config import ClusterConfig, NodeConfig
 from cluster.errors import (
     COMMIT_UNKNOWN,
+    OVERLOADED,
     ClusterError,
     CommitUnknown,
     InvalidCommand,
     MembershipRefused,
     NoLeader,
     NotFound,
+    Overloaded,
     ProtocolError,
     Unauthorized,
     Unreachable,
@@ -141,11 +150,13 @@ class ClusterClient:
         body = json.dumps({"commands": commands}, separators=(",", ":")).encode()
         backoff = _Backoff()
         maybe_applied = False
+        overloaded = False  # the last refusal was an overload (not a missing leader)
         redirects = 0
         last_problem = "no attempt fit in the deadline"
         target = self._leader or self._rotate()
         while (remaining_s := deadline - loop.time()) > MIN_ATTEMPT_S:
             timeout_s = min(self._request_timeout_s, remaining_s)
+            overloaded = False
             try:
                 answer = await self._request("POST", target, "/v1/commands", timeout_s, body=body)
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -166,7 +177,12 @@ class ClusterClient:
                 return self._submit_result(answer, len(commands), target)
             detail = _detail(answer)
             last_problem = f"{target.id}: HTTP {answer.status}: {detail}"
-            if answer.status == 421:
+            overloaded = answer.status == 503 and answer.body.get("type") == OVERLOADED
+            if overloaded:
+                # Refused before proposing, by a node that is busy, not leaderless: the
+                # same node again after its Retry-After, leader belief kept.
+                await backoff.sleep(deadline, answer.retry_after_s or 0.0)
+            elif answer.status == 421:
                 hint = self._leader_hint(answer.body)
                 if hint is not None and hint != target:
                     self._leader = target = hint
@@ -201,6 +217,11 @@ class ClusterClient:
         if maybe_applied:
             raise CommitUnknown(
                 f"outcome unknown after {deadline_s:g}s (retry with the same keys); "
+                f"last: {last_problem}"
+            )
+        if overloaded:
+            raise Overloaded(
+                f"the cluster was overloaded for {deadline_s:g}s, nothing applied; "
                 f"last: {last_problem}"
             )
         raise NoLeader(
@@ -329,6 +350,7 @@ class ClusterClient:
             others = [n for n in self.config.nodes if n != first]
             candidates = ([first] if first is not None else []) + others
         problems: list[str] = []
+        overloaded = 0
         for node in candidates:
             try:
                 answer = await self._request(
@@ -347,7 +369,11 @@ class ClusterClient:
                 raise Unauthorized(f"{node.id} refused the internal token: {_detail(answer)}")
             if 400 <= answer.status < 500:
                 raise ClusterError(f"GET {path}: HTTP {answer.status}: {_detail(answer)}")
+            if answer.status == 503 and answer.body.get("type") == OVERLOADED:
+                overloaded += 1  # busy, not gone: the leader belief stays
             problems.append(f"{node.id}: HTTP {answer.status}: {_detail(answer)}")
+        if candidates and overloaded == len(candidates):
+            raise Overloaded(f"GET {path}: every node asked is overloaded ({'; '.join(problems)})")
         raise Unreachable(f"GET {path}: no node answered ({'; '.join(problems)})")
 
     # -- plumbing --------------------------------------------------------------------

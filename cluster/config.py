@@ -89,6 +89,11 @@ class RaftConfig:
     expire_period_ms: int = 250
     feed_retention_events: int = 200_000
     log_compaction_entries: int = 50_000
+    # Admission limits of the node's internal API (node.admission): requests of each kind
+    # handled at once; beyond them the node answers 503 overloaded + Retry-After at once.
+    max_concurrent_submits: int = 128  # POST /v1/commands (bodies up to 4 MB each)
+    max_concurrent_reads: int = 256  # GET /v1/products|holds|carts|orders
+    max_feed_long_polls: int = 256  # GET /v1/feed (one per gateway, writer, notifier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,15 @@ class GatewaySettings:
     max_in_flight_batches: int = 1  # batches submitted, not yet answered (1: strict FIFO)
     queue_limit: int = 10_000  # writes waiting for a batch; beyond it the gateway sheds (503)
     request_deadline_ms: int = 10_000  # a write answers within this, whatever the cluster does
+    # Requests handled at once per gateway process (gateway.overload); beyond: 503 +
+    # Retry-After before any work. Writes have their own, smaller cap so that cached reads
+    # keep flowing when writes pile up; health, readiness and metrics are never refused.
+    max_in_flight_requests: int = 1024
+    max_in_flight_writes: int = 256
+    # POST /payment waits on its provider (seconds), not on the cluster: a cap of its own.
+    max_in_flight_payments: int = 2048
+    # The write cap adapts so that writes are answered within about this (p90); 0: fixed.
+    write_latency_target_ms: int = 250
     feed_wait_ms: int = 10_000  # long-poll wait of the edge cache's feed requests
     token_ttl_s: int = 86_400  # lifetime of shopper tokens issued by `flashsale token`
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the gateways serve HTTPS
@@ -142,7 +156,9 @@ class BotsConfig:
     # Heuristics: each request is scored; at block_score or over it is refused (403).
     heuristics: bool = True
     block_score: int = 100
-    accounts_per_ip: int = 20  # distinct shoppers seen from one IP per window before it scores
+    # Distinct shoppers from one IP per window: above it "many-accounts" (50), above twice
+    # it "account-farm" (100, blocks alone). 8: a household fits; docs/BOTS.md says why.
+    accounts_per_ip: int = 8
     accounts_window_s: int = 600
     min_page_to_write_ms: int = 500  # a write this soon after its challenge was issued scores
     # Waiting room: before and at the sale's opening, writes need an admission token that
@@ -507,6 +523,9 @@ def build_config(
         expire_period_ms=_int(r, "expire_period_ms", "raft", 250, 10),
         feed_retention_events=_int(r, "feed_retention_events", "raft", 200_000, 100),
         log_compaction_entries=_int(r, "log_compaction_entries", "raft", 50_000, 10),
+        max_concurrent_submits=_int(r, "max_concurrent_submits", "raft", 128, 1),
+        max_concurrent_reads=_int(r, "max_concurrent_reads", "raft", 256, 1),
+        max_feed_long_polls=_int(r, "max_feed_long_polls", "raft", 256, 1),
     )
     if raft.election_timeout_max_ms <= raft.election_timeout_min_ms:
         raise ConfigError(
@@ -588,6 +607,16 @@ def _gateway_settings(g: Mapping[str, Any], base_dir: Path) -> GatewaySettings:
         ),
         queue_limit=_int(g, "queue_limit", "gateway", d.queue_limit, 1),
         request_deadline_ms=_int(g, "request_deadline_ms", "gateway", d.request_deadline_ms, 100),
+        max_in_flight_requests=_int(
+            g, "max_in_flight_requests", "gateway", d.max_in_flight_requests, 2
+        ),
+        max_in_flight_writes=_int(g, "max_in_flight_writes", "gateway", d.max_in_flight_writes, 1),
+        max_in_flight_payments=_int(
+            g, "max_in_flight_payments", "gateway", d.max_in_flight_payments, 1
+        ),
+        write_latency_target_ms=_int(
+            g, "write_latency_target_ms", "gateway", d.write_latency_target_ms, 0
+        ),
         feed_wait_ms=_int(g, "feed_wait_ms", "gateway", d.feed_wait_ms, 0),
         token_ttl_s=_int(g, "token_ttl_s", "gateway", d.token_ttl_s, 1),
         tls_cert=_optional_path(g, "tls_cert", "gateway", base_dir),
@@ -604,6 +633,12 @@ def _gateway_settings(g: Mapping[str, Any], base_dir: Path) -> GatewaySettings:
     if settings.feed_wait_ms > 30_000:
         raise ConfigError(
             f"gateway.feed_wait_ms={settings.feed_wait_ms}: nodes long-poll at most 30000 ms"
+        )
+    if settings.max_in_flight_writes >= settings.max_in_flight_requests:
+        raise ConfigError(
+            f"gateway.max_in_flight_writes={settings.max_in_flight_writes} must be below "
+            f"gateway.max_in_flight_requests={settings.max_in_flight_requests}: reads need "
+            "room of their own"
         )
     return settings
 

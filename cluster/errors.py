@@ -16,6 +16,7 @@ INVALID_COMMAND = PROBLEM_BASE + "invalid-command"
 NOT_FOUND = PROBLEM_BASE + "not-found"
 UNAUTHORIZED = PROBLEM_BASE + "unauthorized"
 MEMBERSHIP_REFUSED = PROBLEM_BASE + "membership-refused"
+OVERLOADED = PROBLEM_BASE + "overloaded"  # refused before any work: try later, same node
 
 
 class ClusterError(Exception):
@@ -25,6 +26,12 @@ class ClusterError(Exception):
 class NoLeader(ClusterError):
     """No node accepted the commands before the deadline, and none may have applied
     them: it is safe to report failure (or retry later with the same keys)."""
+
+
+class Overloaded(NoLeader):
+    """Every node asked refused the request as overloaded (503 ``overloaded``) until the
+    deadline. Nothing was applied (a NoLeader in that respect): retry later, with the
+    same idempotency keys; the leader has not changed."""
 
 
 class CommitUnknown(ClusterError):

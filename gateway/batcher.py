@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cluster.errors import CommitUnknown, InvalidCommand, NoLeader
+from cluster.errors import CommitUnknown, InvalidCommand, NoLeader, Overloaded
 from gateway.metrics import GatewayMetrics
 from gateway.problems import invalid_input, overloaded, unavailable
 from ledger.limits import MAX_COMMANDS_PER_ENTRY
@@ -243,6 +243,10 @@ class Batcher:
         except InvalidCommand as exc:
             outcome = "invalid"
             self._refuse_invalid(writes, exc)
+        except Overloaded as exc:
+            outcome = "overloaded"
+            for w in writes:
+                self._fail(w, exc)
         except NoLeader as exc:
             outcome = "no_leader"
             for w in writes:

@@ -3,15 +3,17 @@
 Theory of operation: one ``web.Application`` per node process, built by ``make_app``. A
 cleanup context starts the Raft node (state loaded before the first request is served),
 the proposal bridge, the feed and the expiry ticker, and stops them in reverse order after
-the last in-flight request finished. Two middlewares: errors become
-``application/problem+json`` (RFC 9457), and every path but ``/healthz`` and ``/metrics``
-needs the internal bearer token.
+the last in-flight request finished. Three middlewares: errors become
+``application/problem+json`` (RFC 9457), every path but ``/healthz`` and ``/metrics``
+needs the internal bearer token, and at most so many submits, reads and feed long-polls
+are handled at once (node.admission): one more is answered 503 overloaded + Retry-After.
 
 Writes: ``POST /v1/commands`` decodes every command (400 names the bad one), re-encodes
 it canonically and proposes the whole batch as one Raft entry on the leader. A follower
 answers 421 with the leader it knows (503 no-leader when it knows none). An outcome the
 node cannot confirm is 503 commit-unknown: retry with the same idempotency keys.
-Reads come from this node's local ledger (ask the leader to read your own writes).
+Reads come from this node's local ledger (ask the leader to read your own writes);
+``GET /v1/orders?id=A&id=B`` reads several orders at one index (a gateway's /payment reads).
 The feed (``GET /v1/feed``) serves committed events by ledger index, long-polls, and
 starts a reader that is too far behind with a snapshot of the state.
 Membership (``POST /v1/membership``, leader only) adds or removes one Raft member at a
@@ -41,6 +43,7 @@ from cluster.errors import (
     NO_LEADER,
     NOT_FOUND,
     NOT_LEADER,
+    OVERLOADED,
     PROBLEM_BASE,
     UNAUTHORIZED,
 )
@@ -53,6 +56,7 @@ from ledger.codec import (
     encode_view,
 )
 from ledger.limits import MAX_COMMANDS_PER_ENTRY, MAX_ID_LEN
+from node.admission import KINDS, RETRY_AFTER_S, Admission, AdmissionLimits, kind_of
 from node.expiry import ExpiryTicker
 from node.feed import MAX_FEED_PAGE_EVENTS, MAX_FEED_WAIT_MS, Feed, FeedPage
 from node.membership import ACTIONS, Changed, Membership, Refused
@@ -64,7 +68,6 @@ from node.settings_sync import SettingsSync
 log = logging.getLogger("node.api")
 
 PROBLEM_JSON = "application/problem+json"
-OVERLOADED = PROBLEM_BASE + "overloaded"
 INVALID_REQUEST = PROBLEM_BASE + "invalid-request"
 PAYLOAD_TOO_LARGE = PROBLEM_BASE + "payload-too-large"
 INTERNAL_ERROR = PROBLEM_BASE + "internal-error"
@@ -73,6 +76,7 @@ _TYPE_BY_STATUS = {400: INVALID_REQUEST, 413: PAYLOAD_TOO_LARGE, 503: UNAVAILABL
 
 MAX_REQUEST_BODY_BYTES = 4 * 1024 * 1024  # one batch of at most MAX_COMMANDS_PER_ENTRY commands
 DEFAULT_FEED_LIMIT = 1000  # events per feed page when the reader does not say
+MAX_ORDERS_PER_READ = 200  # ids one GET /v1/orders may ask for
 NO_LEADER_RETRY_AFTER_S = 1  # an election takes well under a second
 UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/metrics"})
 
@@ -106,6 +110,7 @@ class NodeRuntime:
 
 
 RUNTIME = web.AppKey("runtime", NodeRuntime)
+ADMISSION = web.AppKey("admission", Admission)
 
 
 def problem(
@@ -157,6 +162,31 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 headers={"WWW-Authenticate": "Bearer"},
             )
     return await handler(request)
+
+
+@web.middleware
+async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """At most so many submits, reads and feed long-polls at once (node.admission); one
+    more is refused before its body is read: 503 overloaded + Retry-After."""
+    kind = kind_of(request.method, request.path)
+    if kind is None:
+        return await handler(request)
+    admission = request.app[ADMISSION]
+    services = request.app[RUNTIME].services
+    if not admission.try_enter(kind):
+        if services is not None:
+            services.metrics.admission_refused.labels(kind=kind).inc()
+        return problem(
+            503,
+            OVERLOADED,
+            "Overloaded",
+            f"more than {admission.limits.limit(kind)} {kind} requests at once; retry shortly",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    try:
+        return await handler(request)
+    finally:
+        admission.leave(kind)
 
 
 # -- writes ---------------------------------------------------------------------------------
@@ -401,6 +431,23 @@ async def get_order(request: web.Request) -> web.Response:
     return web.json_response(body) if body is not None else _not_found("order", oid)
 
 
+async def get_orders(request: web.Request) -> web.Response:
+    """``GET /v1/orders?id=A&id=B...``: several orders read at one index (absent: unknown).
+
+    A gateway paying hundreds of orders a second reads the orders that wait together in
+    one request instead of one request each."""
+    s = request.app[RUNTIME].require()
+    ids = request.query.getall("id", [])
+    if not 1 <= len(ids) <= MAX_ORDERS_PER_READ:
+        raise web.HTTPBadRequest(reason=f"expected 1..{MAX_ORDERS_PER_READ} id parameters")
+    if any(not 0 < len(oid) <= MAX_ID_LEN for oid in ids):
+        raise web.HTTPBadRequest(reason=f"an id must be 1..{MAX_ID_LEN} characters")
+    with s.raft.reading() as ledger:
+        views = [view for oid in dict.fromkeys(ids) if (view := ledger.order(oid)) is not None]
+        body = {"index": ledger.index, "orders": [encode_view(v) for v in views]}
+    return web.json_response(body)
+
+
 def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -458,6 +505,9 @@ async def get_metrics(request: web.Request) -> web.Response:
     m.log_entries.set(st.log_size)
     m.ledger_index.set(s.feed.head())
     m.feed_events.set(s.feed.event_count())
+    admission = request.app[ADMISSION]
+    for kind in KINDS:
+        m.admission_in_flight.labels(kind=kind).set(admission.in_flight(kind))
     return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -511,10 +561,12 @@ def make_app(config: ClusterConfig, node_id: str) -> web.Application:
     """The node's application: routes, middlewares and the Raft node's lifecycle."""
     config.node(node_id)  # ConfigError early when the id is unknown
     app = web.Application(
-        middlewares=[problem_middleware, auth_middleware],
+        # Authentication first: an unauthenticated flood must not take admission slots.
+        middlewares=[problem_middleware, auth_middleware, admission_middleware],
         client_max_size=MAX_REQUEST_BODY_BYTES,
     )
     app[RUNTIME] = NodeRuntime(config, node_id)
+    app[ADMISSION] = Admission(AdmissionLimits.from_config(config.raft))
     app.cleanup_ctx.append(_node_context)
     app.on_shutdown.append(_release_waiters)
     app.router.add_post("/v1/commands", post_commands)
@@ -524,6 +576,7 @@ def make_app(config: ClusterConfig, node_id: str) -> web.Application:
     app.router.add_get("/v1/products/{id}", get_product)
     app.router.add_get("/v1/holds/{id}", get_hold)
     app.router.add_get("/v1/carts/{id}", get_cart)
+    app.router.add_get("/v1/orders", get_orders)
     app.router.add_get("/v1/orders/{id}", get_order)
     app.router.add_get("/v1/feed", get_feed)
     app.router.add_get("/healthz", get_healthz)

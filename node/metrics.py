@@ -74,6 +74,18 @@ class NodeMetrics:
             "flashsale_node_log_entries", "Raft log entries held (since the dump)", registry=r
         )
         self.ledger_index = Gauge("flashsale_node_ledger_index", "Ledger entry index", registry=r)
+        self.admission_refused = Counter(
+            "flashsale_node_admission_refused",
+            "Internal API requests refused as overloaded (503), by kind (submit, read, feed)",
+            ["kind"],
+            registry=r,
+        )
+        self.admission_in_flight = Gauge(
+            "flashsale_node_admission_in_flight",
+            "Internal API requests being handled, by admission kind",
+            ["kind"],
+            registry=r,
+        )
         self.feed_events = Gauge(
             "flashsale_node_feed_events", "Events retained for feed readers", registry=r
         )

@@ -24,10 +24,12 @@ from cluster.errors import (
     INVALID_COMMAND,
     NO_LEADER,
     NOT_LEADER,
+    OVERLOADED,
     CommitUnknown,
     InvalidCommand,
     NoLeader,
     NotFound,
+    Overloaded,
     Unauthorized,
     Unreachable,
 )
@@ -363,3 +365,37 @@ async def test_batch_size_is_bounded(make_cluster: Callable[..., Any]) -> None:
         await c.client.submit([])
     with pytest.raises(ValueError):
         await c.client.submit([restock(f"k{i}") for i in range(MAX_COMMANDS_PER_ENTRY + 1)])
+
+
+def overloaded(node: FakeNode, commands: list[dict[str, Any]]) -> web.Response:
+    """What a node answers past its admission limit (node.admission): nothing proposed."""
+    body = {"type": OVERLOADED, "title": "Overloaded", "status": 503}
+    return web.json_response(body, status=503, content_type=PROBLEM, headers={"Retry-After": "1"})
+
+
+async def test_an_overloaded_leader_is_asked_again_not_failed_over(
+    make_cluster: Callable[..., Any],
+) -> None:
+    n1, n2 = FakeNode("n1", role="leader"), FakeNode("n2")
+    n1.script = [ok, overloaded, overloaded]  # the first submit teaches the client n1 leads
+    n2.then = not_leader(n1)
+    c: Cluster = await make_cluster(n1, n2)
+    await c.client.submit([restock("k0")])
+
+    result = await c.client.submit([restock("k1")], deadline_s=10)
+    assert result.results[0]["ok"] is True
+    assert len(n1.bodies) == 4, "asked again, on the same node, until it took the batch"
+    assert n2.bodies == [], "an overload is not a leader change: no other node was tried"
+    assert (await c.client.leader()) == c.config.node("n1")
+
+
+async def test_an_overload_past_the_deadline_raises_overloaded(
+    make_cluster: Callable[..., Any],
+) -> None:
+    n1 = FakeNode("n1", role="leader")
+    n1.then = overloaded
+    c: Cluster = await make_cluster(n1)
+
+    with pytest.raises(Overloaded):  # a NoLeader: nothing was applied
+        await c.client.submit([restock("k1")], deadline_s=0.6)
+    assert len(n1.bodies) >= 2, "backed off and retried within the deadline"

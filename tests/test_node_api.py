@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from cluster.auth import internal_token
 from cluster.config import ClusterConfig
 from ledger.limits import MAX_COMMANDS_PER_ENTRY
-from node.api import MAX_REQUEST_BODY_BYTES, RUNTIME, make_app
+from node.api import MAX_ORDERS_PER_READ, MAX_REQUEST_BODY_BYTES, RUNTIME, make_app
 from node.feed import MAX_FEED_PAGE_EVENTS
 from tests.support.cluster import in_process_config
 
@@ -168,6 +168,25 @@ async def test_reads_of_products_holds_carts_orders(api: Api) -> None:
     for path in ("/v1/products/nope", "/v1/holds/nope", "/v1/carts/nope", "/v1/orders/nope"):
         status, problem = await api.get(path)
         assert status == 404 and problem["type"].endswith("/not-found")
+
+
+async def test_orders_are_read_together_by_id(api: Api) -> None:
+    _, body = await api.post([PRODUCT, reserve(1), reserve(2)])
+    carts = [body["results"][1]["cart_id"], body["results"][2]["cart_id"]]
+    _, placed = await api.post([
+        {"type": "checkout", "key": f"co{n}", "user_id": f"u{n}", "cart_id": cart}
+        for n, cart in enumerate(carts, start=1)
+    ])  # fmt: skip
+    o1, o2 = (r["order_id"] for r in placed["results"])
+    status, got = await api.get(f"/v1/orders?id={o2}&id=nope&id={o1}&id={o2}")
+    assert status == 200 and got["index"] == 2
+    assert [(o["order_id"], o["user_id"]) for o in got["orders"]] == [(o2, "u2"), (o1, "u1")]
+    too_many = "&".join(f"id=o{n}" for n in range(MAX_ORDERS_PER_READ + 1))
+    for query in ("", "?id=", "?" + too_many):
+        status, problem = await api.get("/v1/orders" + query)
+        assert status == 400 and problem["type"].endswith("/invalid-request"), query
+    status, got = await api.get("/v1/orders?" + too_many.rsplit("&", 1)[0])
+    assert status == 200 and len(got["orders"]) == 2
 
 
 async def test_status_reports_the_raft_and_ledger_state(api: Api) -> None:

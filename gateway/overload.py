@@ -1,0 +1,265 @@
+"""Load shedding at the gateway's door: a cap on the requests one process handles at once.
+
+Theory of operation: past what a gateway can serve, every extra request it takes on
+makes all of them slower (queues grow, p99 grows with them, memory too) until clients
+time out and retry, which is more load. So the gateway counts the requests it is
+handling and refuses one more beyond its caps *before doing any work for it* (no body
+read, no token check, no bot defence, no cluster call): 503 ``overloaded`` with
+Retry-After, which costs it a header parse and a small answer. A refused client retries
+later; an accepted one does not wait behind work the gateway could not finish anyway.
+(What arrives faster than the process can even parse waits in TCP buffers, out of its
+sight: that takes more gateway processes, docs/BENCHMARKS.md "Overload".)
+
+Two caps (``[gateway]`` in cluster.toml): ``max_in_flight_requests`` for everything
+counted, and ``max_in_flight_writes`` (smaller) for writes: POST, PUT, PATCH and DELETE,
+which wait for a Raft commit and cost the cluster. When writes pile up, they hit their
+own cap while reads (mostly answered from the edge cache in well under a millisecond)
+still find room under the total. ``/payment`` has a third cap of its own,
+``max_in_flight_payments``, outside the total: a payment spends seconds waiting on its
+provider while costing the gateway almost nothing. Never counted nor refused:
+``/healthz``, ``/readyz``, ``/metrics`` (load balancers and monitoring must see a busy
+gateway as alive and busy, not as dead), the operators' ``/internal/`` API, and the
+live-stock stream ``/events/inventory``, which lives for minutes and has its own cap
+(gateway.inventory_stream.MAX_EVENT_STREAMS).
+
+The write cap adapts to how fast writes actually complete (``write_latency_target_ms``):
+a fixed number of writes in flight means a fixed wait only on a machine of a known speed,
+and a gateway whose cores are shared, or whose cluster is slow, would queue for seconds
+behind 256 writes. So every ``target`` ms the gateway looks at the writes answered in
+that interval and moves its effective cap (``next_write_limit``, pure) by the ratio of
+the target to their 90th-percentile time: over the target it shrinks (at most halving
+per interval), under it it grows (at most 25 % per interval), always between
+``MIN_WRITE_LIMIT`` and ``max_in_flight_writes``; an interval in which writes were in
+flight and none was answered halves it. By Little's law the cap settles where writes
+wait about the target, whatever the machine. When the time comes from the process's own
+CPU rather than from its queue, shrinking cannot help, and the floor keeps writes (the
+requests a sale is about) flowing. ``write_latency_target_ms = 0`` keeps the fixed cap.
+
+Behind these caps, the other bounds still hold: the batcher's ``queue_limit`` and each
+write's ``request_deadline_ms`` (gateway.batcher), and per-client rate limits answered
+429 by the bot defences (gateway.defences). ``request_kind`` and ``InFlightLimits`` are
+pure; ``InFlight`` keeps the counts and ``middleware`` is the shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import Counter, Gauge
+
+from cluster.config import GatewaySettings
+from gateway.metrics import GatewayMetrics
+from gateway.problems import overloaded
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Kind = Literal["read", "write", "payment"]
+
+NEVER_SHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Long-lived or operator-only: bounded elsewhere, never counted here.
+UNCOUNTED_PATHS = frozenset({"/events/inventory"})
+UNCOUNTED_PREFIXES = ("/internal/",)
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Posts that commit nothing and cost about what a read costs (a queue ticket, a guest
+# token): counted as reads, so a surge at the opening is not refused by the write cap,
+# which would throw away the arrival order the waiting room exists to keep.
+READ_LIKE_POSTS = frozenset({"/queue", "/session/guest"})
+# A payment waits seconds on its provider, not on the cluster: it has a cap of its own
+# (max_in_flight_payments), outside the total and the adaptive write cap, which would
+# read a provider's 2 s as overload and starve payments (333/s x 2 s = 666 in flight).
+PAYMENT_PATH = "/payment"
+MAX_SAMPLES = 10_000  # write durations kept per interval (the rest are not needed)
+
+
+def request_kind(method: str, path: str) -> Kind | None:
+    """``read`` or ``write`` for a counted request; None for one never refused."""
+    if path in NEVER_SHED_PATHS or path in UNCOUNTED_PATHS or path.startswith(UNCOUNTED_PREFIXES):
+        return None
+    if method in READ_METHODS or path in READ_LIKE_POSTS:
+        return "read"
+    return "payment" if path == PAYMENT_PATH else "write"
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightLimits:
+    """The caps; ``admits`` is the whole decision, without I/O."""
+
+    max_requests: int = 1024
+    max_writes: int = 256
+    max_payments: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.max_writes < 1:
+            raise ValueError(f"max_writes={self.max_writes}: expected >= 1")
+        if self.max_payments < 1:
+            raise ValueError(f"max_payments={self.max_payments}: expected >= 1")
+        if self.max_requests <= self.max_writes:
+            raise ValueError(
+                f"max_requests={self.max_requests} must exceed max_writes={self.max_writes}"
+            )
+
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings) -> InFlightLimits:
+        return cls(
+            settings.max_in_flight_requests,
+            settings.max_in_flight_writes,
+            settings.max_in_flight_payments,
+        )
+
+    def admits(self, kind: Kind, reads: int, writes: int, payments: int = 0) -> bool:
+        """Whether one more ``kind`` request may start while ``reads`` + ``writes`` (and,
+        apart, ``payments``) run."""
+        if kind == "payment":
+            return payments < self.max_payments
+        if reads + writes >= self.max_requests:
+            return False
+        return kind == "read" or writes < self.max_writes
+
+
+MIN_WRITE_LIMIT = 32  # the adaptive write cap never goes below this (writes keep flowing)
+MAX_GROWTH = 1.25  # per interval, when writes are answered faster than the target
+MIN_SHRINK = 0.5  # per interval, when they are slower (or none was answered)
+
+
+def next_write_limit(
+    limit: float,
+    durations_s: list[float],
+    target_s: float,
+    *,
+    stalled: bool,
+    ceiling: int,
+) -> float:
+    """The write cap for the next interval, from the writes answered in the last one.
+
+    ``durations_s``: their handling times; ``stalled``: writes were in flight all
+    interval and none was answered. Pure.
+    """
+    if stalled:
+        factor = MIN_SHRINK
+    elif not durations_s:
+        return limit  # idle: nothing learned
+    else:
+        ordered = sorted(durations_s)
+        p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
+        factor = min(MAX_GROWTH, max(MIN_SHRINK, target_s / max(p90, 1e-6)))
+    return min(float(ceiling), max(float(MIN_WRITE_LIMIT), limit * factor))
+
+
+class InFlight:
+    """Counts of the requests being handled; event-loop only, so no locking."""
+
+    def __init__(
+        self,
+        limits: InFlightLimits,
+        metrics: GatewayMetrics,
+        *,
+        write_latency_target_ms: int = 0,
+    ) -> None:
+        self.limits = limits
+        self.reads = 0
+        self.writes = 0
+        self.payments = 0
+        self.target_s = write_latency_target_ms / 1000
+        self.write_limit = float(limits.max_writes)  # the adaptive cap (<= max_writes)
+        self._window_start: float | None = None
+        self._durations: list[float] = []
+        self._limit_gauge = Gauge(
+            "flashsale_gateway_write_limit",
+            "Writes this gateway takes on at once now (adapted to write_latency_target_ms)",
+            registry=metrics.registry,
+        )
+        self._limit_gauge.set(self.write_limit)
+        self._gauge = Gauge(
+            "flashsale_gateway_in_flight_requests",
+            "Requests being handled, by kind (read, write, payment); health and metrics not"
+            " counted",
+            ["kind"],
+            registry=metrics.registry,
+        )
+        self._shed = Counter(
+            "flashsale_gateway_requests_shed",
+            "Requests refused at the door (503 overloaded) by the in-flight caps, by kind",
+            ["kind"],
+            registry=metrics.registry,
+        )
+
+    def try_enter(self, kind: Kind, now: float = 0.0) -> bool:
+        """Count one more request of ``kind``; False (counted as shed) when over a cap.
+        ``now``: a monotonic time in seconds (the adaptive write cap's clock)."""
+        self._adapt(now)
+        over_writes = kind == "write" and self.writes >= int(self.write_limit)
+        if over_writes or not self.limits.admits(kind, self.reads, self.writes, self.payments):
+            self._shed.labels(kind=kind).inc()
+            return False
+        if kind == "read":
+            self.reads += 1
+        elif kind == "payment":
+            self.payments += 1
+        else:
+            self.writes += 1
+        self._gauge.labels(kind=kind).inc()
+        return True
+
+    def leave(self, kind: Kind, duration_s: float = 0.0) -> None:
+        """A request of ``kind`` is answered (or failed) after ``duration_s``."""
+        if kind == "read":
+            self.reads -= 1
+        elif kind == "payment":
+            self.payments -= 1
+        else:
+            self.writes -= 1
+            if self.target_s > 0 and len(self._durations) < MAX_SAMPLES:
+                self._durations.append(duration_s)
+        self._gauge.labels(kind=kind).dec()
+
+    def _adapt(self, now: float) -> None:
+        """Once per target interval: the next write cap (see the module docstring)."""
+        if self.target_s <= 0:
+            return
+        if self._window_start is None:
+            self._window_start = now
+            return
+        if now - self._window_start < self.target_s:
+            return
+        stalled = not self._durations and self.writes > 0
+        self.write_limit = next_write_limit(
+            self.write_limit,
+            self._durations,
+            self.target_s,
+            stalled=stalled,
+            ceiling=self.limits.max_writes,
+        )
+        self._limit_gauge.set(self.write_limit)
+        self._durations = []
+        self._window_start = now
+
+    def middleware(self) -> Middleware:
+        """Refuses over the caps; put it right after the problem middleware, before any
+        middleware that does work (bot defences, admission)."""
+
+        @web.middleware
+        async def overload_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+            kind = request_kind(request.method, request.path)
+            if kind is None:
+                return await handler(request)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            if not self.try_enter(kind, started):
+                cap, what = {
+                    "write": (self.limits.max_writes, "writes"),
+                    "payment": (self.limits.max_payments, "payments"),
+                }.get(kind, (self.limits.max_requests, "requests"))
+                # Answered here rather than raised: a refusal should cost as little as it can.
+                return overloaded(
+                    f"this gateway is handling its maximum of {cap} {what}; retry shortly"
+                ).response(request.path)
+            try:
+                return await handler(request)
+            finally:
+                self.leave(kind, loop.time() - started)
+
+        return overload_middleware
