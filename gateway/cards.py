@@ -17,6 +17,7 @@ MAX_PAN_DIGITS = 19
 
 # Runs of digits with optional single separators between them, not glued to other digits.
 _DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d)+(?!\d)")
+_SEPARATORS = re.compile(r"[ -]")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -40,7 +41,7 @@ def _candidates(run: str) -> list[str]:
     A run is first taken whole; a longer run (digits of a card pasted into other digits)
     is searched for any 13..19-digit window so that padding cannot hide a number.
     """
-    digits = re.sub(r"[ -]", "", run)
+    digits = _SEPARATORS.sub("", run)
     n = len(digits)
     if n < MIN_PAN_DIGITS:
         return []
@@ -57,6 +58,8 @@ def text_has_card_number(text: str) -> bool:
     """True when ``text`` contains something that looks like a card number."""
     for match in _DIGIT_RUN.finditer(text):
         run = match.group(0)
+        if len(run) < MIN_PAN_DIGITS:
+            continue  # fewer characters than a card has digits (ids, amounts): cheap out
         if len(run) > 4 * MAX_PAN_DIGITS:
             # A very long digit run is not a card number; refuse it anyway rather than
             # search thousands of windows: nothing in the API needs one.

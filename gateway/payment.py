@@ -2,7 +2,8 @@
 
 Theory of operation: ``POST /payment`` (handler in gateway.api) validates its body here
 (card numbers were already refused by gateway.bodies.read_json), then
-``payments.service.PaymentService.pay`` reads the order from the leader, charges
+``payments.service.PaymentService.pay`` reads the order from the leader (reads that
+wait together share one request: gateway.order_reads), charges
 through the configured providers and records the outcome through the gateway's batcher.
 ``POST /webhooks/{provider}`` verifies the provider's signature and settles the event
 through the same service. Each gateway runs the reconciler of its own attempts as a
@@ -18,12 +19,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 
-from cluster.errors import NotFound
 from gateway.bodies import MAX_PAYMENT_METHOD_LEN, PAYMENT_METHOD_PATTERN, parse_id
+from gateway.order_reads import OrderReads
 from gateway.problems import invalid_input
 from gateway.shapes import money
 from gateway.state import GatewayState
@@ -106,16 +106,15 @@ def payment_result(answer: PaymentAnswer) -> dict[str, Any]:
 def build_payments(state: GatewayState) -> PaymentService:
     """The payment service of this gateway, reading and writing through its cluster port."""
 
+    async def leader_get(path: str) -> Mapping[str, Any]:
+        async with asyncio.timeout(state.request_deadline_s):
+            return await state.cluster.get(path, leader_only=True)
+
+    reads = OrderReads(leader_get)
+
     async def read_order(order_id: str) -> Mapping[str, Any] | None:
-        try:
-            async with asyncio.timeout(state.request_deadline_s):
-                answer = await state.cluster.get(
-                    f"/v1/orders/{quote(order_id, safe='')}", leader_only=True
-                )
-        except NotFound:
-            return None
-        order = answer.get("order")
-        return order if isinstance(order, dict) else None
+        async with asyncio.timeout(state.request_deadline_s):
+            return await reads.read(order_id)
 
     async def record(command: dict[str, Any]) -> Mapping[str, Any]:
         _, result = await state.batcher.submit(command, timeout_s=state.request_deadline_s)

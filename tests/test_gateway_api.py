@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -110,6 +110,10 @@ class InProcessCluster:
             return {"events": events, "last_index": led.index, "snapshot": None}
         if path == "/v1/products":
             return {"index": led.index, "products": [encode_view(p) for p in led.products()]}
+        if path.startswith("/v1/orders?"):
+            ids = parse_qs(path.split("?", 1)[1])["id"]
+            found = [o for i in ids if (o := led.order(i)) is not None]
+            return {"index": led.index, "orders": [encode_view(o) for o in found]}
         assert len(parts) == 3, path  # /v1/{kind}/{quoted id}
         kind, thing_id = parts[1], unquote(parts[2])
         if kind == "products" and (p := led.product(thing_id)) is not None:

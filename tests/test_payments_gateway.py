@@ -140,6 +140,7 @@ async def pay_shop(
             "gateways": [{"id": "g1", "listen": "127.0.0.1:3"}],
             "gateway": {"feed_wait_ms": 100},
             "payments": settings,
+            "bots": {"enabled": False},  # a trusted test client
         },
         tmp_path,
     )
