@@ -47,7 +47,8 @@ class GatewayMetrics:
         )
         self.batches = Counter(
             "flashsale_gateway_batches_total",
-            "Batches submitted, by outcome (ok, no_leader, commit_unknown, invalid, error)",
+            "Batches submitted, by outcome (ok, overloaded, no_leader, commit_unknown, invalid,"
+            " error)",
             ["outcome"],
             registry=r,
         )
@@ -84,6 +85,17 @@ class GatewayMetrics:
             "Bot-defence decisions: allowed, limited (429), challenged (403 challenge),"
             " blocked (403), queued (waiting room), by reason",
             ["decision", "reason"],
+            registry=r,
+        )
+        self.bot_redis_fallback = Gauge(
+            "flashsale_gateway_bot_redis_fallback",
+            "1 while rate limits are decided by this gateway's local buckets because Redis"
+            " failed or was slower than redis_timeout_ms",
+            registry=r,
+        )
+        self.bot_redis_fallbacks = Counter(
+            "flashsale_gateway_bot_redis_fallbacks",
+            "Rate-limit decisions Redis failed to take in time (taken locally instead)",
             registry=r,
         )
         self.feed_resets = Counter(

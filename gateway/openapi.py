@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from gateway.admission_openapi import admission_paths, with_admission
 from gateway.bodies import (
     MAX_ADDRESS_LINE_LEN,
     MAX_BODY_BYTES,
@@ -20,6 +21,7 @@ from gateway.bodies import (
     MAX_REGION_LEN,
     PHONE_PATTERN,
 )
+from gateway.bots_openapi import INTERNAL_TOKEN_SCHEME, bots_paths, with_bot_problems
 from gateway.idempotency import MAX_CLIENT_KEY_LEN
 from gateway.identity import MAX_USER_ID_LEN
 from gateway.problems import PROBLEM_BASE
@@ -410,11 +412,12 @@ def openapi_document() -> dict[str, Any]:
                     "type": "http",
                     "scheme": "bearer",
                     "description": "issued by `flashsale token USER_ID`",
-                }
+                },
+                "internalToken": INTERNAL_TOKEN_SCHEME,
             },
             "schemas": _schemas(),
         },
-        "paths": {
+        "paths": with_bot_problems(with_admission({
             "/add-to-cart": {
                 "post": _write(
                     "Hold units for the shopper (joins their open cart)",
@@ -567,5 +570,7 @@ def openapi_document() -> dict[str, Any]:
             },
             **shop_paths(),
             **subscription_paths(),
-        },
+            **bots_paths(),
+            **admission_paths(),
+        })),
     }

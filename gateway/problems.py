@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -31,6 +32,7 @@ from cluster.errors import (
     InvalidCommand,
     NoLeader,
     NotFound,
+    Overloaded,
     Unreachable,
 )
 from ledger.reasons import Reason
@@ -186,6 +188,133 @@ def unavailable(detail: str) -> Problem:
     return Problem(503, "unavailable", "Service unavailable", detail, headers=_retry_headers())
 
 
+# -- lists, rate limits and heuristics (gateway.defences) ------------------------------
+
+
+def rate_limited(retry_after_s: float, limit: str) -> Problem:
+    """429: a token bucket (``limit``: ip, shopper or token) is empty; Retry-After says
+    when it holds a token again (whole seconds, at least 1)."""
+    wait = max(1, math.ceil(retry_after_s))
+    return Problem(
+        429,
+        "rate-limited",
+        "Too many requests",
+        f"the {limit} rate limit is reached; retry after {wait} s",
+        headers={"Retry-After": str(wait)},
+        limit=limit,
+        retry_after_s=wait,
+    )
+
+
+def blocked(reasons: list[str], score: int | None = None) -> Problem:
+    """403: a block list or the heuristics' score refuses the client."""
+    extra: dict[str, Any] = {} if score is None else {"score": score}
+    return Problem(
+        403,
+        "blocked",
+        "Blocked",
+        "this client is refused as a likely bot: " + ", ".join(reasons),
+        reasons=reasons,
+        **extra,
+    )
+
+
+def invalid_bot_settings(detail: str, *, field: str | None = None) -> Problem:
+    """400 from the internal bots API: a setting, list or value it does not accept."""
+    extra: dict[str, Any] = {} if not field else {"field": field}
+    return Problem(400, "invalid-bot-settings", "Invalid bot settings", detail, **extra)
+
+
+def bots_disabled() -> Problem:
+    return Problem(
+        409,
+        "bots-disabled",
+        "Bot defences are off",
+        "[bots] enabled = false in cluster.toml: there is nothing to change on this gateway",
+    )
+
+
+# -- proof of work and the waiting room (gateway.admission) ----------------------------
+
+CHALLENGE_PATH = "/challenge"  # where a client gets a proof-of-work challenge
+QUEUE_PATH = "/queue"  # where a client takes a waiting-room ticket
+
+
+def challenge_required() -> Problem:
+    return Problem(
+        403,
+        "challenge-required",
+        "Proof of work required",
+        f"solve a challenge from GET {CHALLENGE_PATH} and send the solution in X-Altcha",
+        challenge=CHALLENGE_PATH,
+    )
+
+
+def challenge_invalid(detail: str) -> Problem:
+    return Problem(
+        403, "challenge-invalid", "Invalid proof of work", detail, challenge=CHALLENGE_PATH
+    )
+
+
+def challenge_replayed() -> Problem:
+    return Problem(
+        403,
+        "challenge-replayed",
+        "Proof of work already used",
+        f"each solution is accepted once; solve a new challenge from GET {CHALLENGE_PATH}",
+        challenge=CHALLENGE_PATH,
+    )
+
+
+def admission_required(detail: str) -> Problem:
+    return Problem(
+        403,
+        "admission-required",
+        "Waiting-room admission required",
+        f"{detail}; take a ticket with POST {QUEUE_PATH}, follow it with "
+        f"GET {QUEUE_PATH}/{{ticket}} and send the admission token in X-Admission",
+        queue=QUEUE_PATH,
+    )
+
+
+def admission_not_yours() -> Problem:
+    """403: the admission token was handed out to another shopper (places are personal)."""
+    return Problem(
+        403,
+        "admission-not-yours",
+        "Admission belongs to another shopper",
+        f"this admission token was given to another shopper; a place in line is personal: "
+        f"take your own ticket with POST {QUEUE_PATH} under your bearer token",
+        queue=QUEUE_PATH,
+    )
+
+
+def ticket_invalid(detail: str) -> Problem:
+    return Problem(403, "ticket-invalid", "Invalid queue ticket", detail, queue=QUEUE_PATH)
+
+
+def admission_expired() -> Problem:
+    return Problem(
+        410,
+        "admission-expired",
+        "Admission expired",
+        f"this ticket's admission ran out; take a new ticket with POST {QUEUE_PATH}",
+        queue=QUEUE_PATH,
+    )
+
+
+def queue_not_open(queue_opens_at_ms: int, opens_at_ms: int, retry_after_s: int) -> Problem:
+    return Problem(
+        409,
+        "queue-not-open",
+        "The waiting room is not open yet",
+        "tickets are handed out shortly before the sale opens",
+        headers={"Retry-After": str(retry_after_s)},
+        queue_opens_at_ms=queue_opens_at_ms,
+        opens_at_ms=opens_at_ms,
+    )
+
+
 # -- payments --------------------------------------------------------------------------
 
 
@@ -328,6 +457,8 @@ def from_exception(exc: BaseException) -> Problem | None:
         return exc
     if isinstance(exc, Exception) and (payment := _payment_problem(exc)) is not None:
         return payment
+    if isinstance(exc, Overloaded):  # before NoLeader, which it refines
+        return overloaded("the ledger cluster is overloaded; retry shortly")
     if isinstance(exc, NoLeader):
         return no_leader("")
     if isinstance(exc, CommitUnknown):

@@ -22,12 +22,16 @@ from aiohttp import web
 from cluster.client import ClusterClient
 from cluster.config import ClusterConfig
 from cluster.logs import setup_logging
+from gateway.admission import add_admission
 from gateway.api import add_routes
 from gateway.batcher import Batcher, BatchPolicy
 from gateway.bodies import MAX_BODY_BYTES
+from gateway.bots_api import add_bots_api
 from gateway.cluster_port import ClusterPort
+from gateway.defences import add_defences
 from gateway.edge_cache import FEED_TIMEOUT_MARGIN_S, EdgeCache, FeedFetch, FeedFollower
 from gateway.metrics import GatewayMetrics
+from gateway.overload import InFlight, InFlightLimits
 from gateway.payment import add_payments
 from gateway.problems import problem_middleware
 from gateway.shop import add_shop
@@ -39,6 +43,10 @@ from pii.gateway import sealer_context
 log = logging.getLogger("gateway.server")
 
 SHUTDOWN_TIMEOUT_S = 15.0  # in-flight requests get this long after SIGTERM
+# Connections waiting to be accepted (the kernel caps it at net.core.somaxconn). aiohttp's
+# default of 128 overflowed in the overload benchmark: clients saw connection resets
+# instead of a 503 with Retry-After.
+LISTEN_BACKLOG = 1024
 # One HTTP attempt to a node waits for the node's own commit timeout plus this margin, so
 # the node can say "commit unknown" itself before the gateway gives up on the attempt.
 CLUSTER_REQUEST_MARGIN_S = 1.0
@@ -103,11 +111,21 @@ def create_app(
         follower=follower,
         metrics=metrics,
     )
+    in_flight = InFlight(
+        InFlightLimits.from_settings(settings),
+        metrics,
+        write_latency_target_ms=settings.write_latency_target_ms,
+    )
     app = web.Application(
-        middlewares=[metrics.middleware(), problem_middleware],
+        # Overload shedding right after the problem middleware: before any work is done.
+        middlewares=[metrics.middleware(), problem_middleware, in_flight.middleware()],
         client_max_size=MAX_BODY_BYTES,
     )
     app[STATE] = state
+    # Lists, rate limits and heuristics (only with [bots] enabled): their middleware
+    # comes after the overload and problem ones and before add_admission's.
+    add_defences(app, state)
+    add_bots_api(app)
     add_routes(app)
     # Personal data is sealed before it leaves the gateway: no sealer, no checkout.
     app.cleanup_ctx.append(sealer_context(config))
@@ -117,6 +135,8 @@ def create_app(
     add_payments(app, state)  # after the batcher: its reconciler stops before the batcher
     add_shop(app, state)
     add_subscriptions(app, state)
+    # Last: it shares gateway.defences' state, and its middleware runs after defences'.
+    add_admission(app, state)
     return app
 
 
@@ -163,6 +183,7 @@ def main(config: ClusterConfig, gateway_id: str) -> None:
         loop=loop,
         ssl_context=ssl_context,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        backlog=LISTEN_BACKLOG,
         print=None,
         access_log=None,
         handle_signals=True,

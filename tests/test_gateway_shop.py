@@ -1,7 +1,8 @@
 """The shop front: the page and its headers, guest sessions, the live stock stream (fast,
 in-process, on the real gateway application), and a shopper buying through the page in a
 real browser against a real 3-node cluster and gateway (Playwright driving Debian's
-chromium), which saves docs/screenshots/shop.png."""
+chromium), with the bot defences on (waiting room, proof of work, limits, heuristics: as
+``make run`` has them) and off, which saves docs/screenshots/shop.png."""
 
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ def _config(tmp_path: Path, *, mode: str = "development", **gateway: Any) -> Any
             "nodes": [{"id": "n1", "raft": "127.0.0.1:1", "api": "127.0.0.1:2"}],
             "gateways": [{"id": "g1", "listen": "127.0.0.1:3"}],
             "gateway": {"feed_wait_ms": 100, **gateway},
+            # The in-process clients here are trusted; the browser test turns defences on.
+            "bots": {"enabled": False},
         },
         tmp_path,
     )
@@ -297,6 +300,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshots" / "shop.png"
+QUEUE_SCREENSHOT = SCREENSHOT.with_name("shop-queue.png")
 UI_TIMEOUT_MS = 20_000
 START_TIMEOUT_S = 30.0
 HOLD_TTL_MS = 3_000  # the hold the browser test lets run out
@@ -370,12 +374,29 @@ def _reserve(cluster: LocalCluster, pid: str, user: str, quantity: int) -> None:
     assert answer["results"][0]["ok"], answer
 
 
+# The page waits its turn: two tickets are taken before it, and one is let in every 2 s.
+QUEUE_RATE = 0.5
+BOTS_ON = {"enabled": True, "admission_rate": QUEUE_RATE}
+
+
+def _take_ticket(base: str, secret: str, user: str) -> dict[str, Any]:
+    # A place in line is personal: each ticket is taken under its shopper's token.
+    headers = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)",
+               "Authorization": f"Bearer {issue_token(secret, user, 600)}"}  # fmt: skip
+    request = urllib.request.Request(base + "/queue", method="POST", headers=headers)
+    with urllib.request.urlopen(request, timeout=5.0) as resp:
+        return dict(json.loads(resp.read()))
+
+
 @pytest.mark.cluster
-def test_a_shopper_buys_through_the_page(local_cluster: Callable[..., LocalCluster]) -> None:
+@pytest.mark.parametrize("bots", ["on", "off"])
+def test_a_shopper_buys_through_the_page(
+    local_cluster: Callable[..., LocalCluster], bots: str
+) -> None:
     if not CHROMIUM.exists():
         pytest.skip("no /usr/bin/chromium (apt-get install chromium) for the browser test")
     sync_api = pytest.importorskip("playwright.sync_api")
-    cluster = local_cluster(n_nodes=3, gateways=1)
+    cluster = local_cluster(n_nodes=3, gateways=1, bots=BOTS_ON if bots == "on" else None)
     base = _start_shop(cluster)
     _create(cluster, "tee", "Flash tee", 20, per_user_limit=3)
     _create(cluster, "cap", "Midnight cap", 50,
@@ -388,9 +409,33 @@ def test_a_shopper_buys_through_the_page(local_cluster: Callable[..., LocalClust
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 860})
             page.set_default_timeout(UI_TIMEOUT_MS)
+            if bots == "on":
+                ahead = [_take_ticket(base, cluster.secret, f"ahead{i}") for i in range(2)]
+                assert ahead[0]["admitted"] and not ahead[1]["admitted"]
+                wait_in_line(page, sync_api.expect, base)
             shop_in_the_browser(page, sync_api.expect, cluster, base)
+            if bots == "on":
+                # A person's pace, even clicking fast: nothing of the page was refused.
+                with urllib.request.urlopen(base + "/metrics", timeout=5.0) as resp:
+                    metrics = resp.read().decode()
+                refused = re.findall(
+                    r'bot_decisions_total\{decision="(blocked|limited|challenged)"', metrics
+                )
+                assert refused == [], metrics
         finally:
             browser.close()
+
+
+def wait_in_line(page: Any, expect: Any, base: str) -> None:
+    """The page shows its place in line, then lets the shopper in by itself."""
+    page.goto(base + "/")
+    expect(page.locator("#queue")).to_be_visible()
+    expect(page.locator("#queue-position")).to_have_text(re.compile(r"^[12]$"))
+    expect(page.locator('article[data-product="tee"] .add')).to_have_text("Waiting in line")
+    expect(page.locator('article[data-product="tee"] .add')).to_be_disabled()
+    page.screenshot(path=str(QUEUE_SCREENSHOT), full_page=True)
+    expect(page.locator("#queue")).to_be_hidden()
+    expect(page.locator("body")).to_have_attribute("data-queue", "admitted")
 
 
 def shop_in_the_browser(page: Any, expect: Any, cluster: LocalCluster, base: str) -> None:

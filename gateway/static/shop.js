@@ -13,6 +13,10 @@
   const MAX_RETRIES = 4; // 503 answers retried (same Idempotency-Key) before giving up
   const MAX_QTY_CHOICES = 10;
   const SESSION_MARGIN_MS = 60_000; // a token this close to expiry is replaced
+  const QUEUE_POLL_MIN_MS = 500; // waiting-room polls: no more often than this
+  const QUEUE_POLL_MAX_MS = 5000; // ...and no less often than this
+  const POW_BATCH = 128; // proof-of-work hashes per step (the page stays responsive)
+  const POW_MARGIN_MS = 10_000; // a solved challenge this close to expiry is not used
   const RETRYABLE = new Set(['no-leader', 'commit-unknown', 'overloaded', 'unavailable']);
   const STORE = {
     token: 'flashsale.token',
@@ -20,6 +24,8 @@
     expires: 'flashsale.token_expires_ms',
     cart: 'flashsale.cart_id',
     order: 'flashsale.order_id',
+    admission: 'flashsale.admission',
+    admissionExpires: 'flashsale.admission_expires_ms',
   };
   const BUSY = 'The sale is very busy right now. Please try again in a moment.';
   const MESSAGES = {
@@ -44,6 +50,14 @@
     'overloaded': BUSY,
     'unavailable': BUSY,
     'network': 'The shop cannot be reached. Check your connection and try again.',
+    'challenge-required': 'Your browser could not confirm it is not a bot. Please try again.',
+    'challenge-invalid': 'Your browser could not confirm it is not a bot. Please try again.',
+    'challenge-replayed': 'Your browser could not confirm it is not a bot. Please try again.',
+    'admission-required': 'Your turn in the shop ran out. You are back in line; the page lets you in by itself.',
+    'admission-expired': 'Your turn in the shop ran out. You are back in line; the page lets you in by itself.',
+    'admission-not-yours': 'Your place in line was taken under another session. You are back in line; the page lets you in by itself.',
+    'blocked': 'This request looked automated and was refused. If you are a person, please wait a moment and try again.',
+    'rate-limited': 'Too many requests at once. Please wait a moment and try again.',
   };
   const SHOW_DETAIL = new Set(['invalid-input', 'card-number-refused', 'amount-mismatch', 'malformed-json']);
   const SYMBOLS = { USD: '$', EUR: '€', GBP: '£', JPY: '¥' };
@@ -62,6 +76,10 @@
     cartRefreshAt: 0,
     pollTimer: null,
     paying: false,
+    admission: null, // the waiting room's admission token (null: not needed or not yet)
+    admitted: false,
+    queueGeneration: 0, // a newer queue entry stops the polling of an older one
+    pow: null, // a promise of a solved challenge: { payload, expiresAt } or null (off)
   };
 
   // -- small helpers ------------------------------------------------------------------
@@ -157,6 +175,7 @@
     if (options.body !== undefined) headers['Content-Type'] = 'application/json';
     if (options.auth) headers.Authorization = `Bearer ${state.token}`;
     if (options.key) headers['Idempotency-Key'] = options.key;
+    Object.assign(headers, options.headers || {});
     const init = {
       method,
       headers,
@@ -208,11 +227,14 @@
   // -- the shopper's session ------------------------------------------------------------
 
   function forgetSession() {
-    for (const key of [STORE.token, STORE.user, STORE.expires, STORE.cart, STORE.order]) {
+    // The admission is the shopper's too: another shopper queues for their own.
+    for (const key of [STORE.token, STORE.user, STORE.expires, STORE.cart, STORE.order,
+      STORE.admission, STORE.admissionExpires]) {
       sessionStorage.removeItem(key);
     }
     state.token = null;
     state.user = null;
+    state.admission = null;
   }
 
   function tokenFromFragment() {
@@ -344,8 +366,8 @@
     refs.root.dataset.state = mode;
     refs.window.textContent = text;
     const labels = { open: 'Add to cart', upcoming: 'Not open yet', closed: 'Sale closed', 'sold-out': 'Sold out' };
-    refs.add.textContent = labels[mode];
-    refs.add.disabled = mode !== 'open' || document.body.dataset.session === 'no';
+    refs.add.textContent = mode === 'open' && !state.admitted ? 'Waiting in line' : labels[mode];
+    refs.add.disabled = mode !== 'open' || document.body.dataset.session === 'no' || !state.admitted;
   }
 
   function applyInventory(data) {
@@ -416,15 +438,209 @@
     }, POLL_MS);
   }
 
+  // -- the waiting room ---------------------------------------------------------------------
+  // At a busy opening the shop lets shoppers in in the order they arrived: the page takes
+  // a ticket, shows its place in line and lets the shopper in when the queue does. Every
+  // write then carries the admission token (X-Admission).
+
+  function admitted(token, expiresAtMs) {
+    state.admission = token;
+    state.admitted = true;
+    if (token) {
+      sessionStorage.setItem(STORE.admission, token);
+      sessionStorage.setItem(STORE.admissionExpires, String(expiresAtMs || 0));
+    }
+    $('queue').hidden = true;
+    document.body.dataset.queue = 'admitted';
+    for (const refs of state.cards.values()) windowState(refs);
+    preparePow();
+  }
+
+  function showPlace(body) {
+    $('queue').hidden = false;
+    document.body.dataset.queue = 'waiting';
+    $('queue-position').textContent = String(body.position);
+    const wait = Number(body.estimated_wait_s) || 0;
+    $('queue-wait').textContent = wait >= 1 ? `About ${duration(wait * 1000)} to wait.` : 'Almost there…';
+  }
+
+  async function enterQueue() {
+    state.admitted = false;
+    state.admission = null;
+    sessionStorage.removeItem(STORE.admission);
+    const generation = ++state.queueGeneration;
+    for (const refs of state.cards.values()) windowState(refs);
+    for (;;) {
+      // The place in line is the shopper's: the ticket is taken under the bearer token.
+      const answer = await authed('POST', '/queue');
+      if (generation !== state.queueGeneration) return;
+      if (answer.ok) {
+        await followTicket(answer.body, generation);
+        return;
+      }
+      if (answer.problem.slug === 'queue-not-open') {
+        $('queue').hidden = false;
+        document.body.dataset.queue = 'not-open';
+        $('queue-position').textContent = '—';
+        const opensAt = answer.body.queue_opens_at_ms;
+        $('queue-wait').textContent = `The line opens in ${duration(opensAt - now())}.`;
+        await sleep(Math.max(1000, Math.min(opensAt - now(), 60_000)));
+      } else {
+        sayProblem(answer.problem);
+        await sleep(QUEUE_POLL_MAX_MS);
+      }
+      if (generation !== state.queueGeneration) return;
+    }
+  }
+
+  async function followTicket(first, generation) {
+    let body = first;
+    while (!body.admitted) {
+      showPlace(body);
+      const wait = (Number(body.estimated_wait_s) || 0) * 500; // half the estimate
+      await sleep(Math.max(QUEUE_POLL_MIN_MS, Math.min(wait, QUEUE_POLL_MAX_MS)));
+      if (generation !== state.queueGeneration) return;
+      const answer = await authed('GET', `/queue/${encodeURIComponent(body.ticket)}`);
+      if (generation !== state.queueGeneration) return;
+      if (answer.ok) {
+        body = answer.body;
+      } else if (answer.status === 0 || answer.status === 429 || answer.status >= 500) {
+        continue; // the line is still there: ask again, keeping the place
+      } else {
+        enterQueue(); // the ticket ran out or is refused: a new one
+        return;
+      }
+    }
+    admitted(body.admission, body.admission_expires_at_ms);
+  }
+
+  function restoreAdmission() {
+    const token = sessionStorage.getItem(STORE.admission);
+    const expires = Number(sessionStorage.getItem(STORE.admissionExpires));
+    if (token && expires - now() > SESSION_MARGIN_MS) {
+      admitted(token, expires);
+      return true;
+    }
+    return false;
+  }
+
+  function writeHeaders(extra) {
+    return state.admission ? { 'X-Admission': state.admission, ...(extra || {}) } : { ...(extra || {}) };
+  }
+
+  // -- proof of work ---------------------------------------------------------------------------
+  // Holds need a solved ALTCHA challenge (X-Altcha): find n with SHA-256(salt + n) equal
+  // to the challenge. The page keeps one solution ready, solved in small batches of
+  // WebCrypto hashes so it stays responsive, and uses each solution once.
+
+  function hexBytes(hex) {
+    const out = new Uint8Array(hex.length / 2);
+    for (let i = 0; i < out.length; i += 1) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
+    return out;
+  }
+
+  function sameBytes(buffer, expected) {
+    const got = new Uint8Array(buffer);
+    if (got.length !== expected.length) return false;
+    for (let i = 0; i < got.length; i += 1) if (got[i] !== expected[i]) return false;
+    return true;
+  }
+
+  async function solvePow(challenge) {
+    const target = hexBytes(challenge.challenge);
+    const encoder = new TextEncoder();
+    const max = Number(challenge.maxnumber) || 0;
+    for (let start = 0; start <= max; start += POW_BATCH) {
+      const end = Math.min(start + POW_BATCH - 1, max);
+      const batch = [];
+      for (let n = start; n <= end; n += 1) {
+        batch.push(crypto.subtle.digest('SHA-256', encoder.encode(challenge.salt + n)));
+      }
+      const digests = await Promise.all(batch);
+      for (let i = 0; i < digests.length; i += 1) {
+        if (sameBytes(digests[i], target)) return start + i;
+      }
+    }
+    return null;
+  }
+
+  async function fetchPow() {
+    const answer = await call('GET', '/challenge');
+    if (answer.status === 404) return null; // proof of work is off on this shop
+    if (!answer.ok) throw new Error(`challenge: HTTP ${answer.status}`);
+    const c = answer.body;
+    const number = await solvePow(c);
+    if (number === null) throw new Error('challenge without a solution');
+    const payload = btoa(JSON.stringify({
+      algorithm: c.algorithm, challenge: c.challenge, number, salt: c.salt, signature: c.signature,
+    }));
+    return { payload, expiresAt: Number(c.expires_at_ms) || 0, useAfter: Number(c.use_after_ms) || 0 };
+  }
+
+  function preparePow() {
+    const pending = fetchPow();
+    pending.catch(() => {}); // a failure is seen (and retried) when the solution is taken
+    state.pow = pending;
+  }
+
+  // The X-Altcha header for one hold ({} when proof of work is off); the next solution
+  // starts at once, so a shopper's next click seldom waits.
+  async function takePow() {
+    if (!state.pow) preparePow();
+    let solved;
+    try {
+      solved = await state.pow;
+    } catch (err) {
+      solved = undefined;
+    }
+    if (solved === null) return {};
+    if (!solved || solved.expiresAt - now() < POW_MARGIN_MS) {
+      preparePow();
+      solved = await state.pow;
+      if (solved === null) return {};
+    }
+    preparePow();
+    // A write sooner than this after the challenge looks scripted: a quick second click
+    // waits the rest of it (the solution is usually older by then).
+    const early = solved.useAfter - now();
+    if (early > 0) await sleep(early + 100);
+    return { 'X-Altcha': solved.payload };
+  }
+
   // -- cart -----------------------------------------------------------------------------
+
+  const CHALLENGE_SLUGS = new Set(['challenge-required', 'challenge-invalid', 'challenge-replayed']);
+  const ADMISSION_SLUGS = new Set(['admission-required', 'admission-expired', 'admission-not-yours']);
+
+  // A write refused for want of an admission sends the shopper back in line.
+  function checkAdmission(answer) {
+    if (!answer.ok && answer.problem && ADMISSION_SLUGS.has(answer.problem.slug)) {
+      sayProblem(answer.problem);
+      enterQueue();
+      return false;
+    }
+    return true;
+  }
 
   async function addToCart(pid, quantity, button) {
     button.disabled = true;
     try {
-      const answer = await authed('POST', '/add-to-cart', {
+      const key = newKey();
+      const hold = async () => authed('POST', '/add-to-cart', {
         body: { user_id: state.user, product_id: pid, quantity },
-        key: newKey(),
+        key,
+        headers: writeHeaders(await takePow()),
       });
+      let answer;
+      try {
+        answer = await hold();
+        // A solution refused (expired while the page slept, or spent on a retried
+        // session): one more try with a fresh one, under the same Idempotency-Key.
+        if (!answer.ok && CHALLENGE_SLUGS.has(answer.problem.slug)) answer = await hold();
+      } catch (err) {
+        answer = { ok: false, status: 0, body: null, problem: toProblem(0, { type: `${PROBLEM_BASE}network` }) };
+      }
+      if (!checkAdmission(answer)) return;
       if (answer.ok) {
         sessionStorage.setItem(STORE.cart, answer.body.cart_id);
         const left = duration(answer.body.expires_at_ms - now());
@@ -447,7 +663,8 @@
     const cartId = sessionStorage.getItem(STORE.cart);
     if (!cartId) return;
     const path = `/cart/${encodeURIComponent(cartId)}/items/${encodeURIComponent(hold.hold_id)}`;
-    const answer = await authed('DELETE', path, { key: newKey() });
+    const answer = await authed('DELETE', path, { key: newKey(), headers: writeHeaders() });
+    if (!checkAdmission(answer)) return;
     if (answer.ok) say('info', 'released', `${productName(hold.product_id)} is back on sale.`);
     else sayProblem(answer.problem);
     await refreshCart();
@@ -560,7 +777,8 @@
     const button = $('checkout');
     button.disabled = true;
     try {
-      const answer = await authed('POST', '/checkout', { body, key: newKey() });
+      const answer = await authed('POST', '/checkout', { body, key: newKey(), headers: writeHeaders() });
+      if (!checkAdmission(answer)) return;
       if (answer.ok) {
         sessionStorage.setItem(STORE.order, answer.body.order_id);
         sessionStorage.removeItem(STORE.cart);
@@ -639,7 +857,9 @@
       const answer = await authed('POST', '/payment', {
         body: { order_id: order.order_id, payment_method: PAYMENT_METHOD, amount: order.amount },
         key: newKey(),
+        headers: writeHeaders(),
       });
+      if (!checkAdmission(answer)) return;
       if (answer.ok && answer.status === 200) {
         state.order = { ...order, payment_status: 'completed', transaction_id: answer.body.transaction_id };
         say('ok', 'paid', `Paid ${money(answer.body.amount, answer.body.currency)}. Thank you! Your order ${order.order_id} is confirmed.`);
@@ -700,6 +920,7 @@
     follow();
     await loadProducts();
     if (await ensureSession()) {
+      if (!restoreAdmission()) enterQueue();
       await Promise.all([refreshCart(), refreshOrder()]);
     }
     document.body.dataset.ready = 'true';
