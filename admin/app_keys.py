@@ -8,6 +8,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from admin.bots_hub import BotsHub
 from admin.cluster_port import ClusterPort
 from admin.feed import FeedFollower
 from admin.live import LiveHub
@@ -25,6 +26,7 @@ FEED = web.AppKey("feed", FeedFollower)
 HUB = web.AppKey("live_hub", LiveHub)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", ConsoleMetrics)
+BOTS = web.AppKey("bots_hub", BotsHub)
 
 SESSION_KEY = web.RequestKey("admin_session", Session)  # set by the auth middleware
 

@@ -8,24 +8,18 @@ JavaScript; console.js then keeps it current from ``/api/live``, which pushes on
 
 from __future__ import annotations
 
-import json
-import logging
 from typing import Any
 
 from aiohttp import web
 
-from admin.app_keys import CLOCK_MS, CONFIG, HUB, METRICS, STORE, session_of
+from admin.app_keys import CONFIG, HUB, STORE, session_of
 from admin.formatting import duration_s, time_ms
 from admin.layout import message, page
-from admin.live import Snapshot, TooManySubscribers
 from admin.membership import AUDIT_ACTIONS, change_audited, forbidden, may_change, membership_forms
 from admin.render import Markup, join, render, tag
 from admin.security import UNAVAILABLE, problem, see_other
-from admin.sessions import set_flash, still_live
-
-log = logging.getLogger("admin.live")
-
-SSE_RETRY_MS = 2000  # how soon a browser reconnects a dropped stream
+from admin.sessions import set_flash
+from admin.sse import stream
 
 
 def _cell(key: str, value: object) -> Markup:
@@ -131,44 +125,8 @@ async def cluster_api(request: web.Request) -> web.StreamResponse:
     return web.json_response(snapshot)
 
 
-def _event(name: str, data: Snapshot) -> bytes:
-    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
 async def live_stream(request: web.Request) -> web.StreamResponse:
-    """GET /api/live: Server-Sent Events, one snapshot a second."""
-    session = session_of(request)
-    hub, store, clock = request.app[HUB], request.app[STORE], request.app[CLOCK_MS]
-    gauge = request.app[METRICS].live_streams
-    try:
-        sub = hub.subscribe()
-    except TooManySubscribers as exc:
-        return problem(503, UNAVAILABLE, "Too many live streams", str(exc))
-    gauge.inc()
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-store",
-            "X-Accel-Buffering": "no",
-        }
-    )
-    try:
-        await response.prepare(request)
-        await response.write(f"retry: {SSE_RETRY_MS}\n\n".encode())
-        first = hub.latest or await sub.next()
-        if first is not None:
-            await response.write(_event("snapshot", {**first, "history": list(hub.history)}))
-        while first is not None:
-            snapshot = await sub.next()
-            if snapshot is None:
-                break
-            if not still_live(store, session, now_ms=clock()):
-                await response.write(_event("session-ended", {}))
-                break
-            await response.write(_event("snapshot", snapshot))
-    except ConnectionError:
-        log.debug("live stream closed by the browser")
-    finally:
-        gauge.dec()
-        hub.unsubscribe(sub)
-    return response
+    """GET /api/live: Server-Sent Events, one snapshot a second (the first one carries the
+    chart history too)."""
+    hub = request.app[HUB]
+    return await stream(request, hub, lambda: {"history": list(hub.history)})

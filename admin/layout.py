@@ -12,6 +12,7 @@ NAV = (
     ("/cluster", "Cluster", "cluster"),
     ("/sale", "Sale", "sale"),
     ("/orders", "Orders", "orders"),
+    ("/bots", "Bots and queue", "bots"),
     ("/audit", "Audit log", "audit"),
 )
 

@@ -36,3 +36,8 @@ MAX_INDEXED_ORDERS = 200_000  # order ids remembered per shopper index (oldest d
 
 # Writes to the cluster.
 SUBMIT_DEADLINE_S = 10.0  # an operator's write gives up (outcome unknown) after this
+
+# Bot defences (the Bots and queue page; admin.bots_hub).
+BOTS_WRITE_TIMEOUT_MS = 2000  # one change sent to one gateway; slower: reported, re-sent later
+MAX_REAPPLY_OPS = 200  # list changes re-sent to one gateway per poll (the rest next poll)
+MAX_BOT_LIST_ROWS_SHOWN = 200  # entries shown per block/allow list (the count says the rest)

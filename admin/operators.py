@@ -1,8 +1,9 @@
 """Operator accounts: who may sign in to the console, and with which rights.
 
-Rights: every signed-in operator may look (cluster, sale, orders, audit log). The right
-``operator`` lets them change the sale (create and edit products, restock, open and close
-it); ``pii`` lets them unseal a shopper's personal data, one order at a time and audited.
+Rights: every signed-in operator may look (cluster, sale, orders, bots, audit log). The
+right ``operator`` lets them change the sale (create and edit products, restock, open and
+close it, tune the gateways' bot defences); ``pii`` lets them unseal a shopper's personal
+data, one order at a time and audited.
 The first account is made from the command line (``flashsale admin create-operator``),
 which calls ``create_operator_cli``.
 """

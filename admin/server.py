@@ -2,9 +2,11 @@
 
 Theory of operation: ``create_app`` builds the one ``web.Application`` of the process.
 Cleanup contexts open the console database (admin.db under the cluster's data_dir), the
-HTTP session, the cluster client, and start three background tasks: the live hub (polls
-the cluster each second and pushes to open pages), the feed follower (orders per second,
-orders per shopper) and housekeeping (deletes ended sessions). Middlewares refuse
+HTTP session, the cluster client, and start four background tasks: the live hub (polls
+the cluster each second and pushes to open pages), the bots hub (polls the gateways' bot
+defences each second, re-applies operators' settings to a gateway that lost them, pushes
+to the Bots and queue page), the feed follower (orders per second, orders per shopper)
+and housekeeping (deletes ended sessions). Middlewares refuse
 anything without a session (admin.security). ``main`` serves it on ``[admin] listen``
 with uvloop until SIGTERM or SIGINT, then ends the live streams, lets requests in flight
 finish and closes everything.
@@ -26,6 +28,7 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from admin.app_keys import (
+    BOTS,
     CLOCK_MS,
     CLUSTER,
     CONFIG,
@@ -37,6 +40,8 @@ from admin.app_keys import (
     STORE,
 )
 from admin.audit_views import audit_page
+from admin.bots_hub import BotsHub
+from admin.bots_views import bots_api, bots_page, bots_stream, change_list, change_settings
 from admin.cluster_port import ClusterPort
 from admin.cluster_views import change_members, cluster_api, cluster_page, live_stream
 from admin.feed import FeedFollower
@@ -119,6 +124,7 @@ def create_app(
         app[CLUSTER] = cluster if cluster is not None else ClusterClient(config, app[HTTP])
         app[FEED] = FeedFollower(app[CLUSTER])
         app[HUB] = LiveHub(config, app[CLUSTER], app[HTTP], app[FEED], clock_ms)
+        app[BOTS] = BotsHub(config, app[STORE], app[HTTP], clock_ms)
         try:
             yield
         finally:
@@ -131,6 +137,7 @@ def create_app(
         tasks = [
             asyncio.create_task(app[HUB].run(), name="admin-live-hub"),
             asyncio.create_task(app[FEED].run(), name="admin-feed"),
+            asyncio.create_task(app[BOTS].run(), name="admin-bots"),
             asyncio.create_task(_housekeeping(app), name="admin-housekeeping"),
         ]
         try:
@@ -144,6 +151,7 @@ def create_app(
 
     async def end_streams(app: web.Application) -> None:
         app[HUB].close()
+        app[BOTS].close()
 
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(background)
@@ -169,6 +177,11 @@ def create_app(
     r.add_get("/orders", orders_page)
     r.add_post("/orders/{order_id}/unseal", unseal_order)
     r.add_get("/audit", audit_page)
+    r.add_get("/bots", bots_page)
+    r.add_post("/bots/settings", change_settings)
+    r.add_post("/bots/lists", change_list)
+    r.add_get("/api/bots", bots_api)
+    r.add_get("/api/bots/live", bots_stream)
     r.add_get("/api/cluster", cluster_api)
     r.add_get("/api/live", live_stream)
     r.add_static("/static/", STATIC_DIR, show_index=False, follow_symlinks=False)

@@ -1,4 +1,5 @@
-"""The console's own database: operators, sessions and the audit log in one SQLite file.
+"""The console's own database: operators, sessions, the audit log and the operators' bot
+defence settings (admin.bots_store) in one SQLite file.
 
 Theory of operation: the file lives at ``<data_dir>/admin.db`` (mode 0600: it holds
 password hashes). ``open_store`` applies, in order and each in its own transaction, every
@@ -49,6 +50,24 @@ MIGRATIONS: tuple[str, ...] = (
         ip TEXT NOT NULL
     );
     CREATE INDEX audit_by_time ON audit(at_ms);
+    """,
+    # 2: what operators set for the gateways' bot defences (admin.bots_store).
+    """
+    CREATE TABLE bot_settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        set_at_ms INTEGER NOT NULL,
+        set_by TEXT NOT NULL
+    );
+    CREATE TABLE bot_entries (
+        list TEXT NOT NULL,
+        value TEXT NOT NULL,
+        present INTEGER NOT NULL,
+        changed_at_ms INTEGER NOT NULL,
+        changed_by TEXT NOT NULL,
+        PRIMARY KEY (list, value)
+    );
+    CREATE INDEX bot_entries_by_age ON bot_entries(list, present, changed_at_ms);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -169,6 +169,134 @@
     }
   }
 
+  // -- bots and queue (the same cells as admin/bots_views.py) ------------------------------
+
+  const DECISIONS = ["allowed", "limited", "challenged", "blocked", "queued"];
+  const SETTINGS = ["challenge_difficulty", "admission_rate", "block_score"];
+  const LISTS = ["block_ips", "allow_ips", "block_shoppers", "allow_shoppers"];
+
+  function num(v) {
+    if (typeof v !== "number") return "";
+    return Number.isInteger(v) ? String(v) : String(Math.round(v * 1000) / 1000);
+  }
+
+  function text(v) { return typeof v === "number" ? num(v) : show(v); }
+
+  function botsGatewayRow(g) {
+    const tr = document.createElement("tr");
+    tr.dataset.gateway = g.id;
+    tr.dataset.up = g.up ? "true" : "false";
+    const counts = g.counts || {};
+    const settings = g.settings || {};
+    const health = cell("health", g.up ? "up" : "down", g.up ? "up" : "down");
+    if (g.error) health.title = g.error;
+    const sync = cell("sync", show(g.sync));
+    if (g.error) sync.title = g.error;
+    tr.append(cell("id", show(g.id)), health, cell("defences", show(g.defences_text)),
+      cell("redis", show(g.redis_text)));
+    DECISIONS.forEach(function (d) { tr.appendChild(cell(d, num(counts[d]))); });
+    SETTINGS.forEach(function (k) { tr.appendChild(cell(k, text(settings[k]))); });
+    tr.appendChild(sync);
+    return tr;
+  }
+
+  function spanCell(n) { const td = document.createElement("td"); td.colSpan = n; return td; }
+
+  function botsTotalRow(t) {
+    const tr = document.createElement("tr");
+    tr.dataset.gateway = "total";
+    tr.append(cell("id", "total"), cell("health", t.gateways_up + "/" + t.gateways + " up"), spanCell(2));
+    DECISIONS.forEach(function (d) { tr.appendChild(cell(d, num(t.counts[d]))); });
+    tr.appendChild(spanCell(4));
+    return tr;
+  }
+
+  function queueRow(id, q) {
+    q = q || {};
+    const tr = document.createElement("tr");
+    tr.dataset.gateway = id;
+    tr.append(cell("id", id), cell("issued", num(q.issued)), cell("admitted", num(q.admitted)),
+      cell("waiting", num(q.waiting)), cell("admission_rate", num(q.admission_rate)),
+      cell("opens_at", typeof q.opens_at === "number" ? timeMs(Math.floor(q.opens_at * 1000)) : ""));
+    return tr;
+  }
+
+  function reasonRow(r, ids) {
+    const tr = document.createElement("tr");
+    tr.dataset.reason = r.key;
+    tr.append(cell("decision", show(r.decision)), cell("reason", show(r.reason)), cell("total", num(r.total)));
+    ids.forEach(function (id) { tr.appendChild(cell("gw-" + id, num((r.by_gateway || {})[id] || 0))); });
+    return tr;
+  }
+
+  function hidden(name, value) {
+    const input = document.createElement("input");
+    input.type = "hidden";
+    input.name = name;
+    input.value = value;
+    return input;
+  }
+
+  function removeForm(list, value) {
+    const form = document.createElement("form");
+    form.method = "post";
+    form.action = "/bots/lists";
+    form.className = "inline remove-entry";
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    const button = document.createElement("button");
+    button.type = "submit";
+    button.className = "danger";
+    button.textContent = "Remove";
+    form.append(hidden("csrf_token", meta ? meta.content : ""), hidden("list", list),
+      hidden("op", "remove"), hidden("value", value), button);
+    return form;
+  }
+
+  function renderList(box, list, data) {
+    const canRemove = document.getElementById("bot-list-add") !== null;
+    const rows = data.entries.map(function (e) {
+      const tr = document.createElement("tr");
+      tr.dataset.value = e.value;
+      const last = document.createElement("td");
+      if (canRemove) last.appendChild(removeForm(list, e.value));
+      tr.append(cell("value", e.value), cell("state", e.state), cell("on", e.on.join(", ")),
+        cell("missing", e.missing.join(", ")), last);
+      return tr;
+    });
+    replaceRows(box.querySelector("tbody"), rows, "empty", 5);
+    const more = data.total > data.shown ? " (showing the first " + data.shown + ")" : "";
+    const count = box.querySelector(".count");
+    if (count) count.textContent = data.total + more;
+  }
+
+  function onBots(s) {
+    latest = s;
+    setText("bots-updated", timeMs(s.at_ms));
+    setText("queue-shared", s.totals.queue_shared ? "shared through Redis" : "one per gateway");
+    const ids = s.gateways.map(function (g) { return g.id; });
+    const gws = document.querySelector("#bot-gateways tbody");
+    if (gws) replaceRows(gws, s.gateways.map(botsGatewayRow), "no gateways configured", 14);
+    const total = document.querySelector("#bot-gateways tfoot");
+    if (total) total.replaceChildren(botsTotalRow(s.totals));
+    const queue = document.querySelector("#bot-queue tbody");
+    if (queue) replaceRows(queue, s.gateways.map(function (g) { return queueRow(g.id, g.queue); }), "", 6);
+    const qTotal = document.querySelector("#bot-queue tfoot");
+    if (qTotal) qTotal.replaceChildren(queueRow("total", s.totals.queue));
+    const reasons = document.querySelector("#bot-reasons tbody");
+    if (reasons) replaceRows(reasons, s.reasons.map(function (r) { return reasonRow(r, ids); }),
+      "nothing counted yet", 3 + ids.length);
+    SETTINGS.forEach(function (k) {
+      const input = document.getElementById("f-" + k);
+      if (input) input.placeholder = "now " + text(s.settings[k]);
+    });
+    LISTS.forEach(function (list) {
+      const box = document.querySelector('.bot-list[data-list="' + list + '"]');
+      if (box && s.lists[list]) renderList(box, list, s.lists[list]);
+    });
+    const down = s.gateways.filter(function (g) { return !g.up; }).length;
+    setLive("live", down ? "live · " + down + " gateway(s) down" : "live");
+  }
+
   // -- chart ------------------------------------------------------------------------------
 
   function chartProduct() {
@@ -274,9 +402,9 @@
     setLive("live", down ? "live · " + down + " node(s) down" : "live");
   }
 
-  function connect() {
-    const source = new EventSource("/api/live");
-    source.addEventListener("snapshot", function (e) { onSnapshot(JSON.parse(e.data)); });
+  function connect(url, handler) {
+    const source = new EventSource(url);
+    source.addEventListener("snapshot", function (e) { handler(JSON.parse(e.data)); });
     source.addEventListener("session-ended", function () {
       source.close();
       window.location.assign("/login");
@@ -287,8 +415,8 @@
         // Refused outright (e.g. 401 after the session ended): ask whether we are signed in.
         fetch("/api/cluster", { credentials: "same-origin" }).then(function (r) {
           if (r.status === 401) window.location.assign("/login");
-          else setTimeout(connect, 2000);
-        }, function () { setTimeout(connect, 2000); });
+          else setTimeout(function () { connect(url, handler); }, 2000);
+        }, function () { setTimeout(function () { connect(url, handler); }, 2000); });
       }
     });
   }
@@ -297,8 +425,10 @@
     const select = document.getElementById("chart-product");
     if (select) select.addEventListener("change", drawChart);
     window.addEventListener("resize", drawChart);
-    const live = ["cluster", "sale"].indexOf(document.body.dataset.page) >= 0;
-    if (live && window.EventSource) connect();
+    const page = document.body.dataset.page;
+    const live = ["cluster", "sale"].indexOf(page) >= 0;
+    if (live && window.EventSource) connect("/api/live", onSnapshot);
+    else if (page === "bots" && window.EventSource) connect("/api/bots/live", onBots);
     else setLive("idle", "");
     drawChart();
   });
