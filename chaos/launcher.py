@@ -25,11 +25,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import aiohttp
 
 from chaos.routed_node import ROUTES_ENV
+from chaos.slow_disk import FSYNC_DELAY_ENV
 from chaos.topology import Topology
 from cluster.supervisor import SUPERVISOR_PID_ENV
 
@@ -79,8 +81,9 @@ class Launcher:
 
     # -- signals ---------------------------------------------------------------------------
 
-    def start(self, name: str) -> int:
-        """Spawn ``name`` (which must not be running); returns its pid."""
+    def start(self, name: str, extra_env: Mapping[str, str] | None = None) -> int:
+        """Spawn ``name`` (which must not be running); returns its pid. ``extra_env`` is
+        added to its environment for this start only (a clock skew)."""
         if self.is_running(name):
             raise RuntimeError(f"{name} is already running (pid {self.procs[name].pid})")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
@@ -88,6 +91,10 @@ class Launcher:
         env[SUPERVISOR_PID_ENV] = str(os.getpid())
         if name in self.topology.node_ids:
             env[ROUTES_ENV] = json.dumps(dict(self.topology.routes[name]))
+            delay_file = self.topology.fsync_delay_path(name)
+            delay_file.parent.mkdir(parents=True, exist_ok=True)
+            env[FSYNC_DELAY_ENV] = str(delay_file)
+        env.update(extra_env or {})
         with open(self.log_dir / f"{name}.log", "ab") as out:
             proc = subprocess.Popen(
                 self._argv(name),

@@ -10,7 +10,9 @@ node keeps the one shared cluster.toml (the same names everywhere) and only the 
 ``connect`` of pysyncobj is redirected: a connection to a peer's Raft address listed in
 ``CHAOS_RAFT_ROUTES`` (a JSON object ``{"host:port": "proxy-host:proxy-port"}``) goes to
 the proxy instead, which forwards it to the peer. This is what a routing rule would do,
-done in userspace; everything else is the unmodified ``python -m node``.
+done in userspace; everything else is the unmodified ``python -m node`` (plus, when
+``CHAOS_FSYNC_DELAY_FILE`` is set, the slow-disk switch of ``chaos.slow_disk``, and under
+libfaketime the ``time.sleep`` of ``chaos.clock.patch_sleep``).
 
 pysyncobj opens one connection per pair of nodes, from the node with the greater address
 to the other, so routing each node's outgoing connections is enough for every pair to
@@ -23,10 +25,13 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pysyncobj import tcp_connection
 
+from chaos.clock import patch_sleep
+from chaos.slow_disk import FSYNC_DELAY_ENV, install_fsync_delay
 from cluster.supervisor import die_with_parent
 from node.__main__ import run
 
@@ -62,7 +67,11 @@ def install_routes(routes: Mapping[str, tuple[str, int]]) -> None:
 
 def main() -> int:
     die_with_parent()  # started by a chaos run: never outlive it
+    patch_sleep()  # a clock skew: time.sleep under libfaketime (chaos.clock)
     install_routes(parse_routes(os.environ.get(ROUTES_ENV, "{}")))
+    delay_file = os.environ.get(FSYNC_DELAY_ENV)
+    if delay_file:
+        install_fsync_delay(Path(delay_file))  # the nemesis's slow disk (chaos.slow_disk)
     return run()
 
 

@@ -17,8 +17,11 @@ second input), ``report.json`` (verdict, counts, schedule, settings) and ``clust
 (config and process logs). ``recheck(folder)`` judges a saved run again.
 
 ``run_target`` drives the same sale against a cluster that is already running (its
-cluster.toml given): it starts no process, so it injects no fault (a kill needs the
-process's pid, a partition needs the run's proxy between the nodes), and it does not
+cluster.toml given). It starts no process. When the cluster runs under ``flashsale up``
+(which publishes its children's pids, ``chaos.target``) it injects the scenario's
+process faults (kills, pauses, a whole-cluster kill; the supervisor restarts what was
+killed); otherwise it injects none. Network, disk and clock faults need the run's own
+proxy and launcher. It does not
 read a snapshot store (the cluster's writer may not run, or lag). It creates two
 products of its own (ids tagged per run, as are its shoppers and keys), sells them,
 waits for their deadlines and judges the history and the whole log with the same
@@ -44,10 +47,11 @@ import uvloop
 from chaos.checker import Verdict, check
 from chaos.history import History, load_history
 from chaos.launcher import Launcher
-from chaos.nemesis import Nemesis, schedule
+from chaos.nemesis import PROCESS_FAULTS, Nemesis, schedule
 from chaos.observer import FeedRecorder, lookup, node_states, read_store, wait_store
 from chaos.proxy import ProxyControl
 from chaos.scenarios import SCENARIOS, Scenario
+from chaos.target import SupervisedProcesses
 from chaos.topology import build_topology
 from chaos.workload import Workload
 from cluster.client import ClusterClient
@@ -206,6 +210,9 @@ async def _run(
 
             longest_s = (max(p.hold_ttl_ms for p in scenario.plan.products) / 1000
                          + LEDGER["payment_ttl_s"])
+            # A clock that ran ahead left ledger time ahead of the true clocks: deadlines
+            # stamped then pass (and expire) that much later.
+            longest_s += nemesis.skew_ahead_s
             drained = await _drain(client, longest_s + DRAIN_MARGIN_S)
             states = await _converge(client, CONVERGE_TIMEOUT_S)
             indexes = [s["ledger_index"] for s in states.values() if s is not None]
@@ -236,6 +243,10 @@ async def _run(
                 "applied": nemesis.applied,
                 "skipped": nemesis.skipped,
                 "errors": nemesis.errors,
+                "notes": nemesis.notes,
+                "skews_led": nemesis.skews_led,
+                "slow_syncs": nemesis.slow_syncs,
+                "slow_sync_s": round(nemesis.slow_sync_s, 3),
                 "process_starts": launcher.starts,
             }
             report["workload"] = {"outcomes": workload.stats.by_outcome}
@@ -251,6 +262,7 @@ async def _run(
     verdict = check(history.records, final, expiry_tolerance_ms=EXPIRY_TOLERANCE_MS)
     if nemesis.errors:
         verdict.notes.append(f"{len(nemesis.errors)} fault(s) could not be applied or undone")
+    verdict.notes.extend(nemesis.notes)
     return verdict, report
 
 
@@ -271,7 +283,8 @@ async def _run_target(
     config: ClusterConfig, scenario: Scenario, duration_s: float, seed: int, out: Path,
     say: TextIO,
 ) -> tuple[Verdict, dict[str, Any]]:
-    """The sale against a running cluster: no process started, no fault (module doc)."""
+    """The sale against a running cluster: no process started; process faults only when
+    ``flashsale up`` publishes its children's pids (module doc)."""
     tag = f"t{secrets.token_hex(3)}-"
     plan = dataclasses.replace(
         scenario.plan,
@@ -281,16 +294,29 @@ async def _run_target(
         ),
     )
     history = History(out / "history.jsonl")
+    processes = SupervisedProcesses(config)
+    layout = processes.topology
+    supervised = set(processes.published()) == {*layout.node_ids, *layout.gateway_ids}
+    mix = scenario.mix.only(PROCESS_FAULTS)
+    faults = schedule(mix, seed, duration_s) if supervised and mix.weights else []
     report: dict[str, Any] = {
         "scenario": "target",
-        "description": "workload and checker against a running cluster; no faults injected",
+        "description": (
+            f"workload and checker against a running cluster; the process faults of "
+            f"{scenario.name} ({', '.join(k.value for k, _ in mix.weights)}) by the pids "
+            f"in {processes.directory}"
+            if supervised
+            else "workload and checker against a running cluster; no faults injected (no "
+            f"pid files in {processes.directory})"
+        ),
         "target": str(config.path),
+        "target_scenario": scenario.name,
         "seed": seed,
         "tag": tag,
         "duration_s": duration_s,
-        "schedule": [],
-        "command": f"flashsale chaos run --target --config {config.path} --duration "
-        f"{duration_s:g} --seed {seed}",
+        "schedule": [f.to_json() for f in faults],
+        "command": f"flashsale chaos run --target --config {config.path} --scenario "
+        f"{scenario.name} --duration {duration_s:g} --seed {seed}",
     }
     recorder: FeedRecorder | None = None
     recorder_task: asyncio.Task[None] | None = None
@@ -310,11 +336,20 @@ async def _run_target(
                 command = product.create_command(f"create-{tag}{seed}-{n}")
                 if await workload.internal("admin", "create_product", command) != "ok":
                     raise RuntimeError(f"could not create {product.product_id}")
-            say.write(f"chaos: target {config.path}, seed {seed}, {duration_s:g} s, no faults "
+            what = f"{len(faults)} faults scheduled" if supervised else "no faults"
+            say.write(f"chaos: target {config.path}, seed {seed}, {duration_s:g} s, {what} "
                       f"(products {', '.join(p.product_id for p in plan.products)}), output "
                       f"in {out}\n")
             say.flush()
-            await workload.run(duration_s)
+            nemesis = Nemesis(processes, None, client, session, history)
+            started_at = asyncio.get_running_loop().time()
+            shopping = asyncio.create_task(workload.run(duration_s), name="workload")
+            try:
+                await nemesis.run(faults, started_at, duration_s)
+                if supervised:
+                    await nemesis.heal_all()
+            finally:
+                await shopping
             ours = {p.product_id for p in plan.products}
             # Unpaid orders hold their units until the cluster's payment deadline: wait
             # for it only when it is short (the chaos cluster's is 6 s, a shop's minutes).
@@ -344,7 +379,13 @@ async def _run_target(
                 "tolerance_ms": EXPIRY_TOLERANCE_MS,
                 "store": None,
             }
-            report["nemesis"] = {"applied": 0, "skipped": 0, "errors": [], "process_starts": {}}
+            report["nemesis"] = {
+                "applied": nemesis.applied,
+                "skipped": nemesis.skipped,
+                "errors": nemesis.errors,
+                "notes": nemesis.notes,
+                "process_starts": processes.starts,
+            }
             report["workload"] = {"outcomes": workload.stats.by_outcome}
     finally:
         if recorder is not None:
@@ -354,7 +395,12 @@ async def _run_target(
         history.close()
     (out / "final.json").write_text(json.dumps(final, separators=(",", ":")), encoding="utf-8")
     verdict = check(history.records, final, expiry_tolerance_ms=EXPIRY_TOLERANCE_MS)
-    verdict.notes.append("target mode: no faults injected, snapshot store not checked")
+    if supervised:
+        verdict.notes.append("target mode: process faults by the pids of flashsale up, "
+                             "snapshot store not checked")
+    else:
+        verdict.notes.append("target mode: no faults injected (no pid files), snapshot store "
+                             "not checked")
     if not final["expect_drained"]:
         verdict.notes.append(
             f"payments are due {config.ledger.payment_ttl_s} s after checkout here: the run "
@@ -386,8 +432,13 @@ def run_chaos(
     if seed is None:
         seed = random.SystemRandom().randrange(1, 1 << 31)
     config = load_config(target) if target is not None else None
+    if config is not None and not scenario.mix.only(PROCESS_FAULTS).weights:
+        raise ValueError(f"scenario {scenario_name!r} has no process fault, the only kind a "
+                         "--target run can inject")
     name = scenario_name if config is None else "target"
     out = out_dir if out_dir is not None else Path("var") / "chaos" / f"{name}-{seed}"
+    # Absolute: the processes of the run are started inside the folder (their cwd).
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     try:

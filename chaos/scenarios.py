@@ -59,8 +59,26 @@ SCENARIOS: dict[str, Scenario] = {
             FaultMix(((K.FULL_RESTART, 1),), gap_s=(4.0, 8.0)),
         ),
         Scenario(
+            "delay",
+            "delay every Raft message 50-200 ms each way (the leader appends every 30 ms) "
+            "for 4-8 s",
+            FaultMix(((K.DELAY, 1),)),
+        ),
+        Scenario(
+            "slow-disk",
+            "every fsync of the leader, or of the leader and a follower, waits 20-500 ms, "
+            "for 4-10 s",
+            FaultMix(((K.SLOW_DISK, 1),)),
+        ),
+        Scenario(
+            "clock-skew",
+            "restart the leader with its wall clock 5-30 s ahead or behind (libfaketime), "
+            "make it lead again for 6-12 s, restart it with a true clock",
+            FaultMix(((K.CLOCK_SKEW, 1),), gap_s=(3.0, 6.0)),
+        ),
+        Scenario(
             "mixed",
-            "all of the above, plus gateway kills and delayed Raft messages (20-150 ms)",
+            "all of the above, plus gateway kills",
             FaultMix(
                 (
                     (K.KILL_LEADER, 3),
@@ -73,6 +91,8 @@ SCENARIOS: dict[str, Scenario] = {
                     (K.PARTITION_BRIDGE, 1),
                     (K.FULL_RESTART, 2),
                     (K.DELAY, 2),
+                    (K.SLOW_DISK, 2),
+                    (K.CLOCK_SKEW, 1),
                 )
             ),
         ),

@@ -64,6 +64,10 @@ class Topology:
         """The snapshot writer's process name, when this cluster has one."""
         return [WRITER] if self.config.snapshots.listen is not None else []
 
+    def fsync_delay_path(self, node_id: str) -> Path:
+        """The slow-disk control file of ``node_id`` (``chaos.slow_disk``)."""
+        return self.directory / "faults" / f"{node_id}.fsync-delay-ms"
+
     def links_of(self, node_id: str) -> list[str]:
         """Names of the links that carry ``node_id``'s Raft traffic."""
         return [name for name, pair in self.pairs.items() if node_id in pair]

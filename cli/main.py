@@ -265,7 +265,7 @@ def build_parser() -> Parser:
         default="mixed",
         metavar="NAME",
         help="leader-kill, follower-kill, pause, partition-leader, partition-majority, "
-        "full-restart or mixed (default)",
+        "full-restart, delay, slow-disk, clock-skew or mixed (default)",
     )
     chaos_run.add_argument(
         "--duration",
@@ -287,12 +287,14 @@ def build_parser() -> Parser:
         "--target",
         action="store_true",
         help="sell against the running cluster of --config instead of starting one: "
-        "workload and checker only, NO faults (kills need the run to own the processes, "
-        "partitions need its proxy between the nodes) and no snapshot-store check; "
-        "creates two products of its own; --scenario does not apply",
+        "under `flashsale up` (pid files in <data_dir>/run) the scenario's kills and "
+        "pauses only, otherwise NO faults (partitions, delays, slow disks and clock skews "
+        "need the run's own cluster); no snapshot-store check; creates two products of "
+        "its own",
     )
     chaos_run.set_defaults(handler=cmd_chaos_run)
     add_data_commands(sub, common)
+    add_bots_commands(sub, common)
     return parser
 
 
@@ -565,10 +567,12 @@ def cmd_chaos_run(args: argparse.Namespace) -> int:
             f"unknown scenario {args.scenario!r}: one of {', '.join(SCENARIOS)}", EXIT_USAGE
         )
     if args.target:
-        if args.scenario != "mixed":
+        from chaos.nemesis import PROCESS_FAULTS
+
+        if not SCENARIOS[args.scenario].mix.only(PROCESS_FAULTS).weights:
             raise Failure(
-                "--target injects no faults (the run owns no process and no link): "
-                "--scenario does not apply",
+                f"--target injects only kills and pauses (the run owns no link, no disk and "
+                f"no clock of the cluster): scenario {args.scenario!r} has none",
                 EXIT_USAGE,
             )
         return run_chaos(
@@ -721,6 +725,72 @@ def cmd_gdpr_erase(args: argparse.Namespace) -> int:
 
 
 # -- entry point -------------------------------------------------------------------------
+
+
+# -- bot defences: every gateway's internal bots API (docs/BOTS.md) ----------------------
+
+
+def add_bots_commands(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
+    """``bots status|set|block|allow|unblock``."""
+    bots = sub.add_parser("bots", help="the gateways' bot defences: numbers, block/allow lists")
+    bsub = bots.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=Parser)
+    st = bsub.add_parser("status", parents=[common], help="what every gateway counts and enforces")
+    st.set_defaults(handler=cmd_bots_status)
+    bset = bsub.add_parser("set", parents=[common], help="change settings on every gateway")
+    bset.add_argument("--difficulty", metavar="N", help="challenge difficulty, 1000..10000000")
+    bset.add_argument("--admission-rate", metavar="R", help="shoppers admitted/s, 0.1..100000")
+    bset.add_argument("--block-score", metavar="S", help="heuristic score that blocks, 1..1000")
+    bset.set_defaults(handler=cmd_bots_set)
+    for name, helptext, kind, op in (
+        ("block", "block an IP, a network (CIDR) or a shopper on every gateway", "block", "add"),
+        ("unblock", "remove an entry from the block lists", "block", "remove"),
+        ("allow", "let an IP, network or shopper skip the defences", "allow", "add"),
+    ):
+        p = bsub.add_parser(name, parents=[common], help=helptext)
+        p.add_argument("value", help="203.0.113.7, 10.0.0.0/8 or a shopper id")
+        p.add_argument("--shopper", action="store_true", help="the value is a shopper id")
+        if name == "allow":
+            p.add_argument("--remove", action="store_true", help="take it off the allow list")
+        p.set_defaults(handler=cmd_bots_list, kind=kind, op=op)
+
+
+def cmd_bots_status(args: argparse.Namespace) -> int:
+    from cli import bots
+
+    text, all_answered = bots.status(load(args))
+    print(text)
+    return 0 if all_answered else 1
+
+
+def _bots_outcome(text: str, everywhere: bool) -> int:
+    print(text)
+    if not everywhere:
+        print(
+            "flashsale: not every gateway took it; the console sends it again once they answer",
+            file=sys.stderr,
+        )
+    return 0 if everywhere else 1
+
+
+def cmd_bots_set(args: argparse.Namespace) -> int:
+    from cli import bots
+
+    values = bots.parse_settings(
+        {
+            "challenge_difficulty": args.difficulty,
+            "admission_rate": args.admission_rate,
+            "block_score": args.block_score,
+        }
+    )
+    return _bots_outcome(*bots.set_settings(load(args), values))
+
+
+def cmd_bots_list(args: argparse.Namespace) -> int:
+    from cli import bots
+
+    op = "remove" if getattr(args, "remove", False) else args.op
+    list_, value = bots.list_entry(args.kind, args.value, args.shopper)
+    return _bots_outcome(*bots.change_list(load(args), list_, op, value))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,9 @@
 
 Every node, the snapshot writer (the ledger's orders into ``[storage] url``), every
 gateway and the console run as supervised children (``python -m cli node n1 --config
-...``), each logging to ``<data_dir>/logs/<id>.log``. A part whose server module is not
-installed is skipped with a line saying so. Once started, a side task
+...``), each logging to ``<data_dir>/logs/<id>.log``, with its pid in
+``<data_dir>/run/<id>.pid`` while it runs. A part whose server module is not installed is
+skipped with a line saying so. Once started, a side task
 waits for the ports to listen and a leader to be elected, prints where to go and, with
 ``--demo``, creates the demo product (idempotently: running ``up --demo`` again keeps it).
 """
@@ -144,6 +145,11 @@ def plan(
     return parts, skipped
 
 
+def pid_dir(config: ClusterConfig) -> Path:
+    """Where ``flashsale up`` publishes the pid of each running process (``<id>.pid``)."""
+    return config.data_dir / "run"
+
+
 def check_ports_free(parts: Sequence[Part]) -> None:
     """Failure naming the first address something already listens on."""
     for part in parts:
@@ -267,7 +273,8 @@ async def run_up(
     for line in skipped:
         out.write(line + "\n")
     check_ports_free(parts)
-    supervisor = Supervisor([p.spec for p in parts], out=out)
+    # Pid files in <data_dir>/run: a chaos run against this cluster signals by them.
+    supervisor = Supervisor([p.spec for p in parts], out=out, pid_dir=pid_dir(config))
     announcer = asyncio.create_task(announce(config, parts, demo, out))
     try:
         await supervisor.run_until_signal()

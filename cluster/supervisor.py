@@ -14,6 +14,12 @@ Children started by a supervisor find its pid in ``FLASHSALE_SUPERVISOR_PID`` an
 
 Each child's stdout and stderr go to its own log file; the supervisor writes one JSON
 line there per start and exit, and one short human line per start and exit to ``out``.
+
+With a ``pid_dir``, the pid of each running child is published in
+``<pid_dir>/<name>.pid`` (written atomically once it is spawned, removed once it has
+exited, so a file never names a process that ended): other tools, such as a chaos run
+against this cluster (``chaos.target``), signal the children by these pids and see the
+supervisor's restarts as a new pid in the file.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class Supervisor:
         grace_s: float = STOP_GRACE_S,
         backoff_first_s: float = RESTART_BACKOFF_FIRST_S,
         backoff_max_s: float = RESTART_BACKOFF_MAX_S,
+        pid_dir: Path | None = None,
     ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
@@ -79,6 +86,7 @@ class Supervisor:
         self._grace_s = grace_s
         self._backoff_first_s = backoff_first_s
         self._backoff_max_s = backoff_max_s
+        self._pid_dir = pid_dir
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -171,7 +179,9 @@ class Supervisor:
                 child.spawned.set()
                 if self._stop_requested.is_set():  # stop began during the spawn
                     self._signal(child, signal.SIGTERM)
+                self._publish_pid(child, proc.pid)
                 code = await proc.wait()
+                self._unpublish_pid(child, proc.pid)
                 _kill_group(proc.pid, signal.SIGKILL)  # whatever it forked and left behind
                 self._log_line(child, "exited", pid=proc.pid, code=code)
             child.spawned.set()
@@ -203,6 +213,30 @@ class Supervisor:
             )
         self._log_line(child, "started", pid=proc.pid, argv=list(child.spec.argv))
         return proc
+
+    def pid_path(self, name: str) -> Path | None:
+        """Where the pid of child ``name`` is published (None without a ``pid_dir``)."""
+        return None if self._pid_dir is None else self._pid_dir / f"{name}.pid"
+
+    def _publish_pid(self, child: _Child, pid: int) -> None:
+        path = self.pid_path(child.spec.name)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(f"{pid}\n", encoding="ascii")
+            os.replace(tmp, path)
+        except OSError as exc:  # the child runs anyway; only outside tools lose sight of it
+            self._say(f"{child.spec.name}: could not write {path}: {exc}")
+
+    def _unpublish_pid(self, child: _Child, pid: int) -> None:
+        path = self.pid_path(child.spec.name)
+        if path is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if int(path.read_text(encoding="ascii")) == pid:
+                path.unlink()
 
     def _signal(self, child: _Child, sig: signal.Signals) -> None:
         if child.proc is not None and child.proc.returncode is None:

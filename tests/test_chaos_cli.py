@@ -42,10 +42,13 @@ def test_chaos_run_can_target_the_running_cluster_of_a_config() -> None:
     assert not build_parser().parse_args(["chaos", "run"]).target
 
 
-def test_a_target_run_refuses_a_fault_scenario(capsys: pytest.CaptureFixture[str]) -> None:
-    # It owns no process and no link, so it cannot inject the faults a scenario names.
-    assert main(["chaos", "run", "--target", "--scenario", "pause"]) == 2
-    assert "--target injects no faults" in capsys.readouterr().err
+def test_a_target_run_refuses_a_scenario_without_process_faults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It owns no link, disk or clock of the cluster: only kills and pauses by pid.
+    for scenario in ("partition-leader", "delay", "slow-disk", "clock-skew"):
+        assert main(["chaos", "run", "--target", "--scenario", scenario]) == 2
+        assert "--target injects only kills and pauses" in capsys.readouterr().err
 
 
 def test_a_target_run_with_a_missing_config_is_a_usage_error(tmp_path: Path) -> None:

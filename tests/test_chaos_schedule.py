@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from chaos.nemesis import HOLD_S, RECOVERY_TAIL_S, WARMUP_S, FaultKind, schedule
+from chaos.nemesis import (
+    DELAY_MS,
+    DISK_DELAY_MS,
+    HOLD_S,
+    PROCESS_FAULTS,
+    RECOVERY_TAIL_S,
+    SKEW_S,
+    WARMUP_S,
+    FaultKind,
+    schedule,
+)
 from chaos.routed_node import parse_routes
 from chaos.scenarios import SCENARIOS
 from chaos.topology import build_topology
@@ -37,7 +47,32 @@ def test_faults_stay_inside_the_run_never_overlap_and_use_the_mix(name: str) -> 
             assert f.kind in allowed
             lo, hi = HOLD_S[f.kind]
             assert lo <= f.hold_s <= hi
-            assert (f.delay_ms > 0) == (f.kind is FaultKind.DELAY)
+            assert (f.delay_ms > 0) == (f.kind in (FaultKind.DELAY, FaultKind.SLOW_DISK))
+            assert (f.skew_s != 0) == (f.kind is FaultKind.CLOCK_SKEW)
+            if f.kind is FaultKind.DELAY:
+                assert DELAY_MS[0] <= f.delay_ms <= DELAY_MS[1]
+            if f.kind is FaultKind.SLOW_DISK:
+                assert DISK_DELAY_MS[0] <= f.delay_ms <= DISK_DELAY_MS[1]
+            if f.kind is FaultKind.CLOCK_SKEW:
+                assert SKEW_S[0] <= abs(f.skew_s) <= SKEW_S[1]
+
+
+def test_delays_outlast_the_append_period() -> None:
+    # cluster.toml and the chaos run append every 30 ms: a delay must make beats late.
+    assert DELAY_MS[0] > 30
+
+
+def test_clock_skews_go_both_ways() -> None:
+    skews = [f.skew_s for seed in range(20)
+             for f in schedule(SCENARIOS["clock-skew"].mix, seed, 120)]
+    assert min(skews) < 0 < max(skews)
+
+
+def test_a_target_run_keeps_only_the_faults_made_by_pid() -> None:
+    mixed = SCENARIOS["mixed"].mix.only(PROCESS_FAULTS)
+    assert {k for k, _ in mixed.weights} == PROCESS_FAULTS
+    for name in ("partition-leader", "partition-majority", "delay", "slow-disk", "clock-skew"):
+        assert SCENARIOS[name].mix.only(PROCESS_FAULTS).weights == ()
 
 
 def test_pauses_outlast_the_election_timeout() -> None:

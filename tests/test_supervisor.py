@@ -220,3 +220,31 @@ def test_child_names_are_unique(tmp_path: Path) -> None:
     spec = ChildSpec("a", ("true",), tmp_path / "a.log")
     with pytest.raises(ValueError, match="unique"):
         Supervisor([spec, spec])
+
+
+async def test_each_running_child_has_a_pid_file_that_follows_restarts(
+    tmp_path: Path, pids_to_kill: list[int]
+) -> None:
+    # A chaos run against `flashsale up` signals children by these files (chaos.target).
+    spec = child_spec(tmp_path, "sleep", "a")
+    pid_file = tmp_path / "run" / "a.pid"
+    sup = Supervisor([spec], out=io.StringIO(), grace_s=2.0, backoff_first_s=0.1,
+                     pid_dir=tmp_path / "run")
+    await sup.start()
+    try:
+        assert sup.pid_path("a") == pid_file
+        first = sup.pids()["a"]
+        pids_to_kill.append(first)
+        assert int(pid_file.read_text()) == first
+        os.killpg(first, signal.SIGKILL)  # a crash: the supervisor restarts the child
+        deadline = time.monotonic() + DEADLINE_S
+        while read_pid(pid_file) in (None, first) or "a" not in sup.pids():
+            assert time.monotonic() < deadline, "no restart published"
+            await asyncio.sleep(0.05)
+        second = sup.pids()["a"]
+        pids_to_kill.append(second)
+        assert int(pid_file.read_text()) == second != first
+    finally:
+        await sup.stop()
+    assert not pid_file.exists(), "a clean stop leaves no pid file naming a dead process"
+    assert not alive(second)
