@@ -31,13 +31,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -50,18 +48,21 @@ from pathlib import Path
 
 import aiohttp
 import uvloop
-from aiohttp import web
 
 from gateway.identity import issue_token
+from loadtests.harness.processes import spawn as _spawn
+from loadtests.harness.processes import start_gateway
+from loadtests.harness.processes import stop as _stop
+from loadtests.harness.processes import wait_ok as _wait_ok
+from loadtests.harness.stats import percentile as _percentile
 from tests.support.cluster import LocalCluster, free_ports
+
+__all__ = ["_spawn", "_stop", "_wait_ok"]  # bench_payments starts its processes with these
 
 PRODUCT = "bench"
 STOCK = 100_000_000
 HOLDS_PER_USER = 90  # below ledger.limits.MAX_HOLDS_PER_CART (100)
 REQUEST_TIMEOUT_S = 30.0
-START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
-REPO = Path(__file__).resolve().parent.parent
 WRK_SCRIPT = """
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -105,68 +106,12 @@ class ReadRun:
     errors: int
 
 
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 def _loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-# -- processes --------------------------------------------------------------------------
-
-
-def _spawn(cluster: LocalCluster, proc_id: str, argv: list[str], env: Mapping[str, str]) -> None:
-    """Start a process in the cluster's bookkeeping (kill_all SIGKILLs it)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
-    # The processes run in the cluster's directory; ``tests`` (the harness) is importable
-    # from the repository only.
-    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    full_env.update(env, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(path))
-    with open(cluster.log_path(proc_id), "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, *argv],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=cluster.dir,
-            env=full_env,
-        )
-    cluster.procs[proc_id] = proc
-    cluster.started_pids.append(proc.pid)
-
-
-def _wait_ok(cluster: LocalCluster, proc_id: str, url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        proc = cluster.procs[proc_id]
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc_id} exited with {proc.returncode}\n{cluster.tails()}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1.0) as resp:
-            if resp.status == 200:
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{proc_id}: {url} not answering 200\n{cluster.tails()}")
-        time.sleep(0.1)
-
-
 def _start_gateway(cluster: LocalCluster, env: Mapping[str, str]) -> str:
-    gw = cluster.config.gateways[0]
-    _spawn(cluster, gw.id, ["-m", "gateway", "--config", str(cluster.config_path), gw.id], env)
-    _wait_ok(cluster, gw.id, gw.listen.url + "/readyz")
-    return gw.listen.url
-
-
-def _stop(cluster: LocalCluster, proc_id: str) -> None:
-    proc = cluster.procs[proc_id]
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    return start_gateway(cluster, cluster.config.gateways[0].id, env)
 
 
 # -- reserves ---------------------------------------------------------------------------
@@ -265,29 +210,6 @@ async def _reserve_run(
 
 
 # -- reads ------------------------------------------------------------------------------
-
-
-def _serve_bare(listen: str, body_file: Path) -> None:
-    """The comparison server: one aiohttp handler answering fixed bytes (uvloop)."""
-    saved = json.loads(body_file.read_text())
-    body = bytes.fromhex(saved["body_hex"])
-    headers: dict[str, str] = saved["headers"]
-
-    async def inventory(request: web.Request) -> web.Response:
-        return web.Response(body=body, content_type="application/json", headers=headers)
-
-    app = web.Application()
-    app.router.add_get("/inventory/{product_id}", inventory, allow_head=False)
-    host, _, port = listen.rpartition(":")
-    web.run_app(
-        app,
-        host=host,
-        port=int(port),
-        loop=uvloop.new_event_loop(),
-        print=None,
-        access_log=None,
-        handle_signals=True,
-    )
 
 
 def _wrk(url: str, connections: int, seconds: float, script: Path) -> dict[str, int]:
@@ -434,8 +356,7 @@ def _reads(
     body_file.write_text(json.dumps({"body_hex": body.hex(), "headers": headers}))
     (port,) = free_ports(1)
     listen = f"127.0.0.1:{port}"
-    _spawn(cluster, "bare", ["-m", "loadtests.bench_gateway", "--serve-bare", listen,
-                             "--body-file", str(body_file)], {})  # fmt: skip
+    _spawn(cluster, "bare", ["-m", "loadtests.harness.bare", listen, str(body_file)], {})
     bare_url = f"http://{listen}/inventory/{PRODUCT}"
     _wait_ok(cluster, "bare", bare_url)
     script: Path | None = None
@@ -515,12 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating repetitions")
     parser.add_argument("--no-wrk", action="store_true", help="read with aiohttp even if wrk")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
-    parser.add_argument("--serve-bare", metavar="HOST:PORT", help=argparse.SUPPRESS)
-    parser.add_argument("--body-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_bare:
-        _serve_bare(args.serve_bare, args.body_file)
-        return 0
     print(f"machine: {_machine()}; load average {_loadavg()}", flush=True)
     results = bench(args)
     if args.json is not None:
