@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,16 +184,28 @@ def _create_sale(cluster: LocalCluster, stock: int, opens_at_ms: int) -> None:
 # -- locust -----------------------------------------------------------------------------
 
 
-def _run_locust(args: argparse.Namespace, host: str, secret: str, report: Report) -> int:
+def _run_locust(
+    args: argparse.Namespace,
+    host: str,
+    secret: str,
+    report: Report,
+    *,
+    locustfile: Path = LOCUSTFILE,
+    env_extra: dict[str, str] | None = None,
+    user_classes: Sequence[str] = (),
+) -> int:
+    """Run ``locustfile`` headless (only ``user_classes`` when given); its exit status."""
     out: Path = args.out
     argv = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        sys.executable, "-m", "locust", "-f", str(locustfile), "--headless",
         "--host", host, "--users", str(args.users), "--spawn-rate", str(args.spawn_rate),
         "--run-time", f"{args.seconds:g}s", "--stop-timeout", "5",
         "--csv", str(out / "locust"), "--html", str(out / "locust.html"), "--only-summary",
+        *user_classes,
     ]  # fmt: skip
     env = _child_env()
     env.update(LOAD_PRODUCT=PRODUCT, LOAD_SECRET="" if args.guest else secret)
+    env.update(env_extra or {})
     with open(out / "locust.log", "wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     try:
