@@ -20,7 +20,10 @@ reason the node lowers pysyncobj's acknowledgement to the message's last entry
 (``node.raft.SyncingTransport.cap_acks_since``), so the leader never counts the kept
 tail as its own entries on this follower. A message with a
 conflicting entry, or one that reaches past the follower's log, is left alone:
-pysyncobj's handling is right for it.
+pysyncobj's handling is right for it. A heartbeat (no entries) that arrives late, its
+``prevLogIdx`` behind the follower's log, gets the same rewrite: without it pysyncobj
+would drop every entry after ``prevLogIdx`` (seen under the chaos proxy's delay fault as
+pysyncobj's "truncating already-applied log entries" warning).
 """
 
 from __future__ import annotations
@@ -53,13 +56,14 @@ def keep_matching_tail(message: Mapping[str, Any], log: LogView) -> Mapping[str,
     entries = message.get("entries")
     if (
         message.get("type") != "append_entries"
-        or not entries
         or "prevLogIdx" not in message
         or "transmission" in message
         or not log
     ):
         return message
     first_idx = log[0][1]
+    if not entries:
+        return _keep_tail_after_heartbeat(message, log, first_idx)
     last_msg_idx = entries[-1][1]
     if log[-1][1] <= last_msg_idx:
         return message  # the message covers the whole log: nothing would be lost
@@ -74,4 +78,25 @@ def keep_matching_tail(message: Mapping[str, Any], log: LogView) -> Mapping[str,
     rewritten = dict(message)
     rewritten["entries"] = [*entries, *tail]
     rewritten["commit_index"] = min(int(message["commit_index"]), last_msg_idx)
+    return rewritten
+
+
+def _keep_tail_after_heartbeat(
+    message: Mapping[str, Any], log: LogView, first_idx: int
+) -> Mapping[str, Any]:
+    """A heartbeat (no entries) that matches at ``prevLogIdx`` but arrives after the log
+    has grown past it: late, e.g. delayed on the network. pysyncobj would delete
+    everything after ``prevLogIdx``, entries this follower acknowledged included; Raft
+    keeps them (no entry of the message conflicts). Same rewrite as for a resend: the
+    tail is handed back and the commit capped at what the message vouched for."""
+    prev = int(message["prevLogIdx"])
+    pos = prev - first_idx
+    if pos < 0 or pos >= len(log) - 1:
+        return message  # before the log (a snapshot follows) or nothing after it to lose
+    mine = log[pos]
+    if mine[1] != prev or mine[2] != message.get("prevLogTerm"):
+        return message  # a mismatch: pysyncobj answers failure and the leader backs up
+    rewritten = dict(message)
+    rewritten["entries"] = log[pos + 1 :]
+    rewritten["commit_index"] = min(int(message["commit_index"]), prev)
     return rewritten

@@ -450,7 +450,9 @@ class RaftNode(SyncObj):  # type: ignore[misc]
                 finally:
                     _QUIET_RESEND.active = False
                 if transport is not None:
-                    transport.cap_acks_since(mark, node, message["entries"][-1][1] + 1)
+                    sent = message["entries"]
+                    vouched = sent[-1][1] if sent else int(message["prevLogIdx"])
+                    transport.cap_acks_since(mark, node, vouched + 1)
                 return
         SyncObj._SyncObj__onMessageReceived(self, node, message)
 

@@ -45,10 +45,25 @@ def test_a_message_reaching_past_the_log_is_left_alone() -> None:
     assert keep_matching_tail(message, log) is message
 
 
-def test_other_messages_and_heartbeats_are_left_alone() -> None:
+def test_a_late_heartbeat_keeps_the_tail_and_caps_the_commit() -> None:
+    """A heartbeat sent when the follower had 1..5 arrives after 6..10 were appended (the
+    chaos proxy's delay fault): pysyncobj would delete 6..10, acknowledged entries."""
     log = entries(1, 10)
-    heartbeat = append(5, [], commit=10)
-    assert keep_matching_tail(heartbeat, log) is heartbeat
+    rewritten = keep_matching_tail(append(5, [], commit=10), log)
+    assert rewritten["entries"] == entries(6, 10)
+    assert rewritten["commit_index"] == 5
+
+
+def test_heartbeats_at_the_end_of_the_log_or_mismatching_and_other_messages_are_left_alone() -> (
+    None
+):
+    log = entries(1, 10)
+    current = append(10, [], commit=10)
+    assert keep_matching_tail(current, log) is current
+    mismatch = {**append(5, [], commit=10), "prevLogTerm": 2}
+    assert keep_matching_tail(mismatch, log) is mismatch
+    before_log = append(0, [], commit=10)
+    assert keep_matching_tail(before_log, log) is before_log
     vote = {"type": "request_vote", "term": 2}
     assert keep_matching_tail(vote, log) is vote
 
