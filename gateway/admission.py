@@ -141,9 +141,9 @@ def _check_admission(gate: Gate, request: web.Request, now: float) -> None:
         reason = "admission-expired" if exc.expired else "admission-invalid"
         raise _refuse(gate, "queued", reason, admission_required(exc.reason)) from None
     shopper = _shopper(gate, request)
-    # Without a valid bearer token the route itself answers 401; with one, it must be the
-    # token of the shopper who queued.
-    if shopper is not None and admission.holder != gate.room.holder(shopper):
+    if shopper is None:  # every write needs one anyway; answer before a solution is spent
+        raise unauthorized("writes need the shopper's bearer token")
+    if admission.holder != gate.room.holder(shopper):
         raise _refuse(gate, "queued", "admission-not-yours", admission_not_yours())
 
 

@@ -49,3 +49,10 @@ def poll_after_s(place: Mapping[str, Any]) -> float:
     estimated wait, between MIN_POLL_S and MAX_POLL_S."""
     estimate = float(place.get("estimated_wait_s") or 0.0)
     return min(MAX_POLL_S, max(MIN_POLL_S, estimate / 2))
+
+
+def shopper_address(n: int) -> str:
+    """The n-th load-test shopper's source address: 127.0.1.1, 127.0.1.2, ... (127.0.0.x
+    is left to the cluster's own processes). The defences limit per IP, and everything
+    here runs on one machine, so each simulated person gets an address of their own."""
+    return f"127.0.{1 + n // 250 % 254}.{1 + n % 250}"

@@ -59,7 +59,7 @@ from locust.clients import LocustHttpAdapter
 from urllib3 import PoolManager
 
 from gateway.identity import issue_token
-from loadtests.browser import BROWSER_UA, Solution, poll_after_s, solution
+from loadtests.browser import BROWSER_UA, Solution, poll_after_s, shopper_address, solution
 
 PRODUCT = os.environ.get("LOAD_PRODUCT", "sale")
 SECRET = os.environ.get("LOAD_SECRET", "")
@@ -100,12 +100,6 @@ EXPECTED = frozenset({
 # Solutions shoppers of this process have spent: what the replay bots replay.
 SPENT: list[str] = []
 _addresses = itertools.count()
-
-
-def shopper_address(n: int) -> str:
-    """The n-th shopper's source address: 127.0.1.1, 127.0.1.2, ... (127.0.0.x is left
-    to the cluster's own processes)."""
-    return f"127.0.{1 + n // 250 % 254}.{1 + n % 250}"
 
 
 def _letters() -> str:

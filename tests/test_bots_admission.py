@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bots import waiting_room as wr
 from bots.challenge import ChallengeInvalid, challenge_key, new_challenge, solve, verify
@@ -158,6 +160,34 @@ def test_tickets_and_admissions_are_signed_and_expire() -> None:
     with pytest.raises(InvalidTicket) as expired:
         read_admission(key, token, now=now + 61)
     assert expired.value.expired
+
+
+@given(
+    st.text(min_size=1, max_size=40),
+    st.text(min_size=1, max_size=40),
+    st.integers(1, 10**12),
+    st.sampled_from(["shared", "l0123456789ab"]),
+)
+def test_a_place_and_its_admission_belong_to_one_shopper(
+    user: str, other: str, seq: int, room: str
+) -> None:
+    key, now = queue_key(SECRET), 1_000_000.0
+    mine = holder_of(key, user)
+    assert mine == holder_of(key, user) and len(mine) == 16  # stable, fixed size
+    assert mine != holder_of(queue_key("another-cluster"), user)  # keyed
+    ticket = Ticket(room, seq, int(now * 1000), "0123456789abcdef", mine)
+    text = sign_ticket(key, ticket)
+    token = sign_admission(key, ticket, int((now + 60) * 1000))
+    assert read_ticket(key, text, now=now).holder == mine
+    assert read_admission(key, token, now=now).holder == mine
+    if other != user:
+        theirs = holder_of(key, other)
+        assert theirs != mine  # 64 bits: a collision here would be news
+        for forged in (text.replace(mine, theirs), token.replace(mine, theirs)):
+            with pytest.raises(InvalidTicket):
+                read_admission(key, forged, now=now)
+            with pytest.raises(InvalidTicket):
+                read_ticket(key, forged, now=now)
 
 
 # -- challenges ----------------------------------------------------------------------------
@@ -634,6 +664,12 @@ async def test_the_queue_needs_the_shoppers_token_and_the_place_is_theirs(gated:
     assert resp.status == 403 and _slug(body) == "admission-not-yours"
     assert body["queue"] == "/queue"
     assert _decisions(gated, "queued", "admission-not-yours") == 1
+    # Without any bearer token: 401, before a solution is spent.
+    anonymous = await gated.client.post(
+        "/add-to-cart", json={"user_id": "alice", "product_id": "tee", "quantity": 1},
+        headers={"User-Agent": BROWSER_UA, "X-Admission": alice.admission},
+    )  # fmt: skip
+    assert anonymous.status == 401 and _slug(await anonymous.json()) == "unauthorized"
     # Nor can she follow alice's ticket.
     ticket = (await (await _queue(gated.client, "alice")).json())["ticket"]
     resp = await gated.client.get(f"/queue/{ticket}", headers=gated.auth("mallory"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from loadtests.browser import MAX_POLL_S, MIN_POLL_S, poll_after_s
-from loadtests.locust_bots import shopper_address
+# Not from loadtests.locust_bots: importing locust monkey-patches the process (gevent).
+from loadtests.browser import MAX_POLL_S, MIN_POLL_S, poll_after_s, shopper_address
 from loadtests.run_bots import Units, answer_of, attribute, bot_decisions, column, user_class
 
 
