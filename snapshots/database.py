@@ -28,6 +28,7 @@ import os
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -38,6 +39,7 @@ import psycopg
 Dialect = Literal["sqlite", "postgresql"]
 Params = Sequence[Any]
 BUSY_TIMEOUT_MS = 10_000  # SQLite: wait this long for another process's write lock
+WAL_RETRY_S = 0.01  # SQLite: pause between tries to switch a new database to WAL
 CONNECT_TIMEOUT_S = 10  # PostgreSQL: give up connecting after this
 
 DatabaseError = (sqlite3.Error, psycopg.Error)  # what a store operation may raise
@@ -101,6 +103,21 @@ class _SqliteTx:
         return list(self._conn.execute(sql, params).fetchall())
 
 
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL, retrying while another connection holds the lock: SQLite answers
+    "database is locked" at once here, without its busy handler, when several processes
+    open a new database together (seen with four writers starting at once)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(WAL_RETRY_S)
+
+
 class SqliteDatabase:
     dialect: Dialect = "sqlite"
 
@@ -114,7 +131,7 @@ class SqliteDatabase:
         self._lock = threading.Lock()
         c = self._conn
         c.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        c.execute("PRAGMA journal_mode=WAL")
+        _set_wal(c)
         c.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         if durable:
             c.execute("PRAGMA secure_delete=ON")
