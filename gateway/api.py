@@ -12,9 +12,11 @@ anything that is not the caller's, exactly as for something that does not exist.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 from aiohttp import web
@@ -29,6 +31,7 @@ from gateway.payment import PAYMENTS, parse_payment, payment_result, webhook_not
 from gateway.pii import seal_details
 from gateway.problems import (
     Problem,
+    encoded_response,
     from_exception,
     invalid_input,
     not_found,
@@ -93,13 +96,18 @@ async def _keyed(key: str, write: Callable[[], Awaitable[web.Response]]) -> web.
     try:
         response = await write()
     except Exception as exc:
-        problem = from_exception(exc)
-        if problem is None:
-            raise
-        problem.headers[HEADER] = key
-        raise problem from exc
+        _raise_keyed(exc, key)
     response.headers[HEADER] = key
     return response
+
+
+def _raise_keyed(exc: Exception, key: str) -> NoReturn:
+    """Re-raise ``exc`` as its problem carrying the Idempotency-Key (a bug as it is)."""
+    problem = from_exception(exc)
+    if problem is None:
+        raise exc
+    problem.headers[HEADER] = key
+    raise problem from exc
 
 
 async def _apply(state: GatewayState, command: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -133,12 +141,13 @@ async def _read(state: GatewayState, path: str, *, prefer_leader: bool = True) -
 # -- writes ----------------------------------------------------------------------------
 
 
-async def _reserve(request: web.Request) -> web.Response:
+async def reserve_inventory(request: web.Request) -> web.Response:
+    """POST /reserve-inventory and POST /add-to-cart {user_id, product_id, quantity}: one
+    hold. (What ``_keyed`` does, inline: a sold-out refusal is a hot path.)"""
     state = _state(request)
     user = _shopper(request)
     key = _client_key(request)
-
-    async def write() -> web.Response:
+    try:
         body = parse_reserve(await read_json(request))
         _same_user(body.user_id, user)
         command = {
@@ -148,45 +157,50 @@ async def _reserve(request: web.Request) -> web.Response:
             "product_id": body.product_id,
             "quantity": body.quantity,
         }
-        _edge_checks(state, command, body.quantity)
-        index, result = await _apply(state, command)
-        return _json(shapes.hold_placed(result, index), index=index)
+        response = _edge_checks(state, command, body.quantity, request.path)
+        if response is None:
+            index, result = await _apply(state, command)
+            response = _json(shapes.hold_placed(result, index), index=index)
+    except Exception as exc:
+        _raise_keyed(exc, key)
+    response.headers[HEADER] = key
+    return response
 
-    return await _keyed(key, write)
 
-
-def _edge_checks(state: GatewayState, command: Mapping[str, Any], quantity: int) -> None:
-    """Refusals the edge cache can make alone; acceptance is always the leader's."""
+def _edge_checks(
+    state: GatewayState, command: Mapping[str, Any], quantity: int, path: str
+) -> web.Response | None:
+    """Refusals the edge cache can make alone (raised, or the sold-out answer returned);
+    acceptance is always the leader's."""
     product_id = str(command["product_id"])
-    cached = state.cache.product(product_id)
-    if cached is None:
-        return
-    limit = cached.get("per_user_limit")
-    if isinstance(limit, int) and quantity > limit:
+    cache = state.cache
+    limit = cache.per_user_limit(product_id)
+    if limit is not None and quantity > limit:
         raise invalid_input(
             f"quantity must be at most the per-shopper limit of {limit}", field="quantity"
         )
-    loop = asyncio.get_running_loop()
     if (
-        state.cache.is_sold_out(product_id)
-        and state.follower.ready(loop.time())
-        and not state.cache.hold_key_seen(str(command["key"]))
+        cache.is_sold_out(product_id)
+        and state.follower.ready(time.monotonic())
+        and not cache.hold_key_seen(str(command["key"]))
     ):
+        body = cache.encoded(product_id, path, _sold_out_body(path))
+        if body is None:  # pragma: no cover - is_sold_out said the product is cached
+            return None
         state.metrics.sold_out_short_circuits.inc()
-        problem = sold_out(product_id, available=0, index=state.cache.index)
+        # Sent often alike at a sell-out: its bytes are kept per (product, index, path).
+        return encoded_response(409, body, {INDEX_HEADER: str(cache.index)})
+    return None
+
+
+@functools.cache  # one per route path (two)
+def _sold_out_body(path: str) -> Callable[[Mapping[str, Any], int], bytes]:
+    def encode(product: Mapping[str, Any], index: int) -> bytes:
+        problem = sold_out(str(product["product_id"]), available=0, index=index)
         problem.extensions["source"] = "edge-cache"
-        problem.headers[INDEX_HEADER] = str(state.cache.index)
-        raise problem
+        return problem.encode(path)
 
-
-async def add_to_cart(request: web.Request) -> web.Response:
-    """POST /add-to-cart {user_id, product_id, quantity}."""
-    return await _reserve(request)
-
-
-async def reserve_inventory(request: web.Request) -> web.Response:
-    """POST /reserve-inventory {user_id, product_id, quantity} (same hold as add-to-cart)."""
-    return await _reserve(request)
+    return encode
 
 
 async def checkout(request: web.Request) -> web.Response:
@@ -303,21 +317,31 @@ async def webhook(request: web.Request) -> web.Response:
 
 
 def _cache_ready(state: GatewayState) -> bool:
-    return state.follower.ready(asyncio.get_running_loop().time())
+    return state.follower.ready(time.monotonic())
 
 
 async def inventory(request: web.Request) -> web.Response:
     """GET /inventory/{product_id}: {product_id, available_quantity}, from the edge cache."""
     state = _state(request)
     product_id = parse_id(request.match_info["product_id"], "product_id")
-    cached = state.cache.product(product_id)
-    if cached is not None and isinstance(cached.get("available"), int):
-        index = state.cache.index
-        return _json(shapes.inventory(cached, index), index=index, headers={"X-Cache": "hit"})
+    cache = state.cache
+    if cache.available(product_id) is not None:
+        # Encoded once per ledger index: a read is a lookup and a Response.
+        body = cache.encoded(product_id, "inventory", _inventory_body)
+        if body is not None:
+            return web.Response(
+                body=body,
+                content_type="application/json",
+                headers={INDEX_HEADER: str(cache.index), "X-Cache": "hit"},
+            )
     if _cache_ready(state):
         raise not_found("product", product_id)
     product, index = await _product_from_node(state, product_id)
     return _json(shapes.inventory(product, index), index=index, headers={"X-Cache": "miss"})
+
+
+def _inventory_body(product: Mapping[str, Any], index: int) -> bytes:
+    return json.dumps(shapes.inventory(product, index), separators=(",", ":")).encode("utf-8")
 
 
 async def _product_from_node(state: GatewayState, product_id: str) -> tuple[dict[str, Any], int]:
@@ -446,7 +470,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Every public route of the gateway (the OpenAPI document describes each)."""
-    app.router.add_post("/add-to-cart", add_to_cart)
+    app.router.add_post("/add-to-cart", reserve_inventory)  # the same hold
     app.router.add_post("/reserve-inventory", reserve_inventory)
     app.router.add_post("/checkout", checkout)
     app.router.add_post("/payment", payment)

@@ -76,6 +76,10 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# One decoder for every body (json.loads with an argument builds a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 async def read_json(
     request: web.Request, *, phone_fields: frozenset[str] = frozenset()
 ) -> dict[str, Any]:
@@ -85,8 +89,13 @@ async def read_json(
         raise body_too_large(MAX_BODY_BYTES)
     try:
         # The application's client_max_size is MAX_BODY_BYTES: read() stops beyond it.
-        async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+        if request.content.is_eof():
+            # Already received whole (a small body comes with its headers): nothing to
+            # wait for, so no timer to arm.
             raw = await request.read()
+        else:
+            async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise body_too_large(MAX_BODY_BYTES) from None
     except TimeoutError:
@@ -114,7 +123,7 @@ def decode_json(raw: bytes, *, phone_fields: frozenset[str] = frozenset()) -> di
     if not raw.strip():
         raise malformed_json("the request body is empty; expected a JSON object")
     try:
-        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        value = _DECODER.decode(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise malformed_json("the request body is not UTF-8") from None
     except RecursionError:
@@ -193,9 +202,13 @@ def _id_field(body: Mapping[str, Any], name: str) -> str:
     return parse_id(value, name)
 
 
+_RESERVE_FIELDS = frozenset({"user_id", "product_id", "quantity"})
+
+
 def parse_reserve(body: Mapping[str, Any]) -> ReserveBody:
     """Validate ``{user_id, product_id, quantity}``."""
-    _check_fields(body, {"user_id", "product_id", "quantity"}, set())
+    if body.keys() != _RESERVE_FIELDS:  # the sets' arithmetic only to say what is wrong
+        _check_fields(body, set(_RESERVE_FIELDS), set())
     quantity = body["quantity"]
     if not isinstance(quantity, int) or isinstance(quantity, bool):
         raise invalid_input("quantity must be an integer", field="quantity")

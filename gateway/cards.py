@@ -18,6 +18,8 @@ MAX_PAN_DIGITS = 19
 # Runs of digits with optional single separators between them, not glued to other digits.
 _DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d)+(?!\d)")
 _SEPARATORS = re.compile(r"[ -]")
+# A tuple built once: ``int | float`` in the loop would build a union per item.
+_NUMBERS = (int, float)
 
 
 def luhn_valid(digits: str) -> bool:
@@ -75,16 +77,18 @@ def contains_card_number(value: object) -> bool:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            if text_has_card_number(item):
-                return True
-        elif isinstance(item, bool) or item is None:
-            continue
-        elif isinstance(item, int | float):
-            if text_has_card_number(repr(item)):
+            # Shorter than a card has digits: nothing to find (most ids and names).
+            if len(item) >= MIN_PAN_DIGITS and text_has_card_number(item):
                 return True
         elif isinstance(item, dict):
-            stack.extend(str(k) for k in item)
+            stack.extend(map(str, item))
             stack.extend(item.values())
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, _NUMBERS):
+            text = repr(item)
+            if len(text) >= MIN_PAN_DIGITS and text_has_card_number(text):
+                return True
         elif isinstance(item, list):
             stack.extend(item)
     return False

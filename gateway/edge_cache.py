@@ -15,6 +15,10 @@ newer waiting on the node). Requests use the cache for reads and for one
 refusal only: a hold for a product whose available count is 0 is refused at once. The
 leader still decides every hold it receives; the cache never accepts one.
 
+Answers built from one product at one ledger index (the inventory read's body, the
+sold-out refusal) are encoded once and kept (``encoded``) until the cache changes: a
+read is then a dict lookup, not a copy and a JSON encoding per request.
+
 The cache also remembers the idempotency keys of recent holds (bounded), so a shopper
 retrying a hold that was placed before the product sold out reaches the leader and gets
 the first answer back, instead of a sold-out from the cache.
@@ -24,8 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,12 +75,36 @@ class EdgeCache:
         self._products: dict[str, dict[str, Any]] = {}
         self._hold_keys: OrderedDict[str, None] = OrderedDict()
         self.needs_details: set[str] = set()  # products whose terms an event did not carry
+        # (product, kind) -> answer bytes, valid at ``_encoded_index`` until any change.
+        self._encoded: dict[tuple[str, Hashable], bytes] = {}
+        self._encoded_index = 0
 
     # -- reads -------------------------------------------------------------------------
 
     def product(self, product_id: str) -> dict[str, Any] | None:
         p = self._products.get(product_id)
         return None if p is None else dict(p)
+
+    def encoded(
+        self,
+        product_id: str,
+        kind: Hashable,
+        encode: Callable[[Mapping[str, Any], int], bytes],
+    ) -> bytes | None:
+        """``encode(product, index)`` for a cached product, computed once per ``kind``
+        (e.g. an answer shape and path) until the cache changes; None when the product
+        is not cached. ``encode`` must depend on nothing but its arguments and ``kind``."""
+        if self._encoded_index != self.index:
+            self._encoded.clear()
+            self._encoded_index = self.index
+        key = (product_id, kind)
+        found = self._encoded.get(key)
+        if found is None:
+            p = self._products.get(product_id)
+            if p is None:
+                return None
+            found = self._encoded[key] = encode(p, self.index)
+        return found
 
     def products(self) -> list[dict[str, Any]]:
         return [dict(p) for _, p in sorted(self._products.items())]
@@ -85,6 +114,12 @@ class EdgeCache:
         if p is None:
             return None
         value = p.get("available")
+        return value if isinstance(value, int) else None
+
+    def per_user_limit(self, product_id: str) -> int | None:
+        """The product's per-shopper limit, when cached."""
+        p = self._products.get(product_id)
+        value = None if p is None else p.get("per_user_limit")
         return value if isinstance(value, int) else None
 
     def is_sold_out(self, product_id: str) -> bool:
@@ -107,6 +142,7 @@ class EdgeCache:
             if isinstance(p, dict) and isinstance(p.get("product_id"), str):
                 products[p["product_id"]] = {k: v for k, v in p.items() if k in _PRODUCT_FIELDS}
         self._products = dict(list(products.items())[:MAX_PRODUCTS])
+        self._encoded.clear()
         self.index = index
         self._last_seq = 2**62  # the whole entry at ``index`` is in the snapshot
         self.needs_details.clear()
@@ -188,6 +224,7 @@ class EdgeCache:
     def _store(self, pid: str, product: dict[str, Any]) -> None:
         if pid in self._products or len(self._products) < MAX_PRODUCTS:
             self._products[pid] = product
+            self._encoded.clear()  # set_details changes a product at the same index
 
 
 # -- the follower ----------------------------------------------------------------------
@@ -199,7 +236,9 @@ ProductFetch = Callable[[str], Awaitable[Mapping[str, Any]]]  # product_id -> Pr
 @dataclass(slots=True)
 class FollowerStatus:
     caught_up: bool = False
-    last_answer_at: float | None = None  # loop time of the latest feed answer
+    # time.monotonic() of the latest feed answer (not the event loop's clock: a request
+    # reads it without looking up the running loop, which showed in profiles)
+    last_answer_at: float | None = None
     node_last_index: int = 0  # newest index the feed node reported (or the cache's)
     failures: int = 0  # consecutive failed requests
 
@@ -259,16 +298,16 @@ class FeedFollower:
             self._metrics.cache_caught_up.set(1 if self.status.caught_up else 0)
 
     def ready(self, now: float) -> bool:
-        """Caught up on an answer received recently enough to still be believed."""
+        """Caught up on an answer received recently enough to still be believed
+        (``now``: time.monotonic())."""
         at = self.status.last_answer_at
         fresh = at is not None and now - at <= self.wait_ms / 1000 + STALE_AFTER_MARGIN_S
         return self.status.caught_up and fresh
 
     async def poll_once(self) -> None:
-        loop = asyncio.get_running_loop()
         answer = await self._fetch(self.cache.index, self.page_events, self.wait_ms)
         self.absorb(answer)
-        self.status.last_answer_at = loop.time()
+        self.status.last_answer_at = time.monotonic()
         self.status.failures = 0
         await self._fill_details()
 

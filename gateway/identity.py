@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import functools
 import hmac
 import json
 import re
@@ -49,7 +49,14 @@ def _unb64(text: str) -> bytes:
 
 
 def _sign(key: bytes, signed_part: str) -> str:
-    return _b64(hmac.new(key, signed_part.encode("ascii"), hashlib.sha256).digest())
+    return _b64(hmac.digest(key, signed_part.encode("ascii"), "sha256"))
+
+
+@functools.lru_cache(maxsize=8)
+def _token_key(secret: str) -> bytes:
+    # Derived once per secret rather than per request (an HMAC of its own): a process
+    # holds one cluster secret, tests a few.
+    return derive_key(secret, SHOPPER_TOKEN_LABEL)
 
 
 def issue_token(secret: str, user_id: str, ttl_s: int, *, now_s: float | None = None) -> str:
@@ -65,8 +72,30 @@ def issue_token(secret: str, user_id: str, ttl_s: int, *, now_s: float | None = 
     payload = {"sub": user_id, "exp": int(now) + ttl_s}
     body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8"))
     signed_part = f"{TOKEN_VERSION}.{body}"
-    key = derive_key(secret, SHOPPER_TOKEN_LABEL)
+    key = _token_key(secret)
     return f"{signed_part}.{_sign(key, signed_part)}"
+
+
+# Decoded payloads kept (only ones whose signature was just verified get here): a shopper
+# sends the same token with every request, and decoding it cost more than its HMAC.
+CLAIMS_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=CLAIMS_CACHE_SIZE)
+def _claims(payload: str) -> tuple[str, int]:
+    """``(sub, exp)`` of a token payload; InvalidToken when malformed. Pure."""
+    try:
+        decoded = json.loads(_unb64(payload))
+    except (binascii.Error, ValueError):
+        raise InvalidToken("malformed token payload") from None
+    if not isinstance(decoded, dict):
+        raise InvalidToken("malformed token payload")
+    sub, exp = decoded.get("sub"), decoded.get("exp")
+    if not isinstance(sub, str) or not valid_user_id(sub):
+        raise InvalidToken("malformed token subject")
+    if not isinstance(exp, int) or isinstance(exp, bool):
+        raise InvalidToken("malformed token expiry")
+    return sub, exp
 
 
 def verify_token(secret: str, token: str, *, now_s: float | None = None) -> str:
@@ -77,20 +106,10 @@ def verify_token(secret: str, token: str, *, now_s: float | None = None) -> str:
     if len(parts) != 3 or parts[0] != TOKEN_VERSION:
         raise InvalidToken("malformed token")
     signed_part = f"{parts[0]}.{parts[1]}"
-    key = derive_key(secret, SHOPPER_TOKEN_LABEL)
+    key = _token_key(secret)
     if not hmac.compare_digest(_sign(key, signed_part), parts[2]):
         raise InvalidToken("bad token signature")
-    try:
-        payload = json.loads(_unb64(parts[1]))
-    except (binascii.Error, ValueError):
-        raise InvalidToken("malformed token payload") from None
-    if not isinstance(payload, dict):
-        raise InvalidToken("malformed token payload")
-    sub, exp = payload.get("sub"), payload.get("exp")
-    if not isinstance(sub, str) or not valid_user_id(sub):
-        raise InvalidToken("malformed token subject")
-    if not isinstance(exp, int) or isinstance(exp, bool):
-        raise InvalidToken("malformed token expiry")
+    sub, exp = _claims(parts[1])
     now = time.time() if now_s is None else now_s
     if now >= exp:
         raise InvalidToken("token expired")

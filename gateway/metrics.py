@@ -2,16 +2,22 @@
 
 A registry per application (rather than the process-global default) keeps two gateways
 built in one test process from sharing counters.
+
+The two per-request metrics (``flashsale_gateway_requests_total`` and
+``flashsale_gateway_request_duration_seconds``) are kept by ``RequestStats`` in plain
+ints and floats and turned into Prometheus families only when ``/metrics`` is scraped:
+``Counter.labels()`` and a child's lock cost more per request than the inventory read
+they measure (docs/BENCHMARKS.md). Same names, labels, buckets and meaning as before.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -20,25 +26,66 @@ _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 _BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
+class RequestStats:
+    """Requests answered (by route, method, status) and their durations (by route), in
+    plain numbers: the event loop is the only writer, a scrape reads them
+    (``collect``, the Prometheus custom-collector protocol)."""
+
+    def __init__(self, buckets: tuple[float, ...] = _LATENCY_BUCKETS_S) -> None:
+        self.buckets = buckets
+        self.counts: dict[tuple[str, str, int], int] = {}
+        # route -> [count per bucket (the last one: above every bound, +Inf), sum]
+        self._hist: dict[str, tuple[list[int], list[float]]] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One request answered."""
+        key = (route, method, status)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        hist = self._hist.get(route)
+        if hist is None:
+            hist = self._hist[route] = ([0] * (len(self.buckets) + 1), [0.0])
+        # Prometheus buckets are "less than or equal": bisect_left finds the first bound
+        # >= seconds.
+        hist[0][bisect_left(self.buckets, seconds)] += 1
+        hist[1][0] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "flashsale_gateway_requests",
+            "HTTP requests answered, by route, method and status",
+            labels=["route", "method", "status"],
+        )
+        for (route, method, status), n in sorted(self.counts.items()):
+            requests.add_metric([route, method, str(status)], n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "flashsale_gateway_request_duration_seconds",
+            "Time to answer a request, by route",
+            labels=["route"],
+        )
+        for route, (per_bucket, total) in sorted(self._hist.items()):
+            cumulative, running = [], 0
+            for bound, n in zip((*map(_bound, self.buckets), "+Inf"), per_bucket, strict=True):
+                running += n
+                cumulative.append((bound, float(running)))
+            latency.add_metric([route], cumulative, total[0])
+        yield latency
+
+
+def _bound(value: float) -> str:
+    # The label text prometheus_client's own Histogram writes for a bucket bound ("1.0").
+    return str(float(value))
+
+
 class GatewayMetrics:
     """Every metric the gateway exports."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "flashsale_gateway_requests_total",
-            "HTTP requests answered, by route, method and status",
-            ["route", "method", "status"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "flashsale_gateway_request_duration_seconds",
-            "Time to answer a request, by route",
-            ["route"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=r,
-        )
+        self.requests = RequestStats()
+        r.register(self.requests)
         self.batch_size = Histogram(
             "flashsale_gateway_batch_size",
             "Commands per batch submitted to the leader",
@@ -110,29 +157,8 @@ class GatewayMetrics:
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-    def middleware(self) -> Middleware:
-        """Counts and times every request; put it outside the problem middleware."""
 
-        @web.middleware
-        async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            started = time.perf_counter()
-            route = _route_label(request)
-            status = 500
-            try:
-                response = await handler(request)
-                status = response.status
-                return response
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
-            finally:
-                self.requests.labels(route, request.method, str(status)).inc()
-                self.latency.labels(route).observe(time.perf_counter() - started)
-
-        return metrics_middleware
-
-
-def _route_label(request: web.Request) -> str:
+def route_label(request: web.Request) -> str:
     """The route template (``/inventory/{product_id}``), never the raw path (unbounded)."""
     route = request.match_info.route
     if route.resource is None:

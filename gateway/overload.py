@@ -38,19 +38,18 @@ requests a sale is about) flowing. ``write_latency_target_ms = 0`` keeps the fix
 Behind these caps, the other bounds still hold: the batcher's ``queue_limit`` and each
 write's ``request_deadline_ms`` (gateway.batcher), and per-client rate limits answered
 429 by the bot defences (gateway.defences). ``request_kind`` and ``InFlightLimits`` are
-pure; ``InFlight`` keeps the counts and ``middleware`` is the shell.
+pure; ``InFlight`` keeps the counts; the shell is gateway.front_door's middleware.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from cluster.config import GatewaySettings
 from gateway.metrics import GatewayMetrics
@@ -173,19 +172,30 @@ class InFlight:
             registry=metrics.registry,
         )
         self._limit_gauge.set(self.write_limit)
-        self._gauge = Gauge(
-            "flashsale_gateway_in_flight_requests",
-            "Requests being handled, by kind (read, write, payment); health and metrics not"
-            " counted",
-            ["kind"],
-            registry=metrics.registry,
-        )
-        self._shed = Counter(
+        # The in-flight gauge is read from the counts above when /metrics is scraped
+        # (``collect``): a labelled Gauge's inc/dec on every request cost more than the
+        # counting itself.
+        metrics.registry.register(self)
+        shed = Counter(
             "flashsale_gateway_requests_shed",
             "Requests refused at the door (503 overloaded) by the in-flight caps, by kind",
             ["kind"],
             registry=metrics.registry,
         )
+        # Children resolved once: ``labels()`` per refusal would make shedding dearer.
+        self._shed = {k: shed.labels(kind=k) for k in ("read", "write", "payment")}
+
+    def collect(self) -> Iterator[Metric]:
+        """``flashsale_gateway_in_flight_requests`` now (Prometheus collector protocol)."""
+        gauge = GaugeMetricFamily(
+            "flashsale_gateway_in_flight_requests",
+            "Requests being handled, by kind (read, write, payment); health and metrics not"
+            " counted",
+            labels=["kind"],
+        )
+        for kind, n in (("read", self.reads), ("write", self.writes), ("payment", self.payments)):
+            gauge.add_metric([kind], n)
+        yield gauge
 
     def try_enter(self, kind: Kind, now: float = 0.0) -> bool:
         """Count one more request of ``kind``; False (counted as shed) when over a cap.
@@ -193,7 +203,7 @@ class InFlight:
         self._adapt(now)
         over_writes = kind == "write" and self.writes >= int(self.write_limit)
         if over_writes or not self.limits.admits(kind, self.reads, self.writes, self.payments):
-            self._shed.labels(kind=kind).inc()
+            self._shed[kind].inc()
             return False
         if kind == "read":
             self.reads += 1
@@ -201,7 +211,6 @@ class InFlight:
             self.payments += 1
         else:
             self.writes += 1
-        self._gauge.labels(kind=kind).inc()
         return True
 
     def leave(self, kind: Kind, duration_s: float = 0.0) -> None:
@@ -214,7 +223,6 @@ class InFlight:
             self.writes -= 1
             if self.target_s > 0 and len(self._durations) < MAX_SAMPLES:
                 self._durations.append(duration_s)
-        self._gauge.labels(kind=kind).dec()
 
     def _adapt(self, now: float) -> None:
         """Once per target interval: the next write cap (see the module docstring)."""
@@ -237,29 +245,13 @@ class InFlight:
         self._durations = []
         self._window_start = now
 
-    def middleware(self) -> Middleware:
-        """Refuses over the caps; put it right after the problem middleware, before any
-        middleware that does work (bot defences, admission)."""
-
-        @web.middleware
-        async def overload_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            kind = request_kind(request.method, request.path)
-            if kind is None:
-                return await handler(request)
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            if not self.try_enter(kind, started):
-                cap, what = {
-                    "write": (self.limits.max_writes, "writes"),
-                    "payment": (self.limits.max_payments, "payments"),
-                }.get(kind, (self.limits.max_requests, "requests"))
-                # Answered here rather than raised: a refusal should cost as little as it can.
-                return overloaded(
-                    f"this gateway is handling its maximum of {cap} {what}; retry shortly"
-                ).response(request.path)
-            try:
-                return await handler(request)
-            finally:
-                self.leave(kind, loop.time() - started)
-
-        return overload_middleware
+    def refusal(self, kind: Kind, path: str) -> web.Response:
+        """The 503 ``overloaded`` answer to a request ``try_enter`` refused."""
+        cap, what = {
+            "write": (self.limits.max_writes, "writes"),
+            "payment": (self.limits.max_payments, "payments"),
+        }.get(kind, (self.limits.max_requests, "requests"))
+        # Answered rather than raised: a refusal should cost as little as it can.
+        return overloaded(
+            f"this gateway is handling its maximum of {cap} {what}; retry shortly"
+        ).response(path)

@@ -81,16 +81,21 @@ class Problem(Exception):
         doc.update(self.extensions)
         return doc
 
-    def response(self, instance: str | None = None) -> web.Response:
+    def encode(self, instance: str | None = None) -> bytes:
+        """The problem document's bytes (what ``response`` sends)."""
         doc = self.body()
         if instance is not None:
             doc.setdefault("instance", instance)
-        return web.Response(
-            status=self.status,
-            body=json.dumps(doc, separators=(",", ":")).encode("utf-8"),
-            content_type=CONTENT_TYPE,
-            headers=self.headers,
-        )
+        return json.dumps(doc, separators=(",", ":")).encode("utf-8")
+
+    def response(self, instance: str | None = None) -> web.Response:
+        return encoded_response(self.status, self.encode(instance), self.headers)
+
+
+def encoded_response(status: int, body: bytes, headers: Mapping[str, str]) -> web.Response:
+    """A problem answer from bytes ``Problem.encode`` made (kept, for answers sent often
+    alike: the edge cache's sold-out refusal)."""
+    return web.Response(status=status, body=body, content_type=CONTENT_TYPE, headers=headers)
 
 
 def _retry_headers() -> dict[str, str]:
@@ -485,20 +490,31 @@ def from_exception(exc: BaseException) -> Problem | None:
     return None
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error that leaves a handler into problem+json."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
+def problem_answer(request: web.Request, exc: Exception) -> web.Response | None:
+    """The problem+json answer for an exception that left a handler; None for an aiohttp
+    HTTP exception below 400 (a redirect, for the caller to re-raise). Call it inside
+    the ``except`` block: a bug is logged with its traceback."""
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            return None
         problem = from_exception(exc) or Problem(exc.status, "http-error", exc.reason)
         return problem.response(request.path)
+    mapped = from_exception(exc)
+    if mapped is None:
+        # The request body is deliberately not logged: it may hold personal data.
+        log.exception("unhandled error", extra={"path": request.path})
+        mapped = Problem(500, "internal", "Internal error", "")
+    return mapped.response(request.path)
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error that leaves a handler into problem+json (the gateway runs this
+    inside gateway.front_door; alone, for applications without metrics or caps)."""
+    try:
+        return await handler(request)
     except Exception as exc:
-        mapped = from_exception(exc)
-        if mapped is None:
-            # The request body is deliberately not logged: it may hold personal data.
-            log.exception("unhandled error", extra={"path": request.path})
-            mapped = Problem(500, "internal", "Internal error", "")
-        return mapped.response(request.path)
+        answer = problem_answer(request, exc)
+        if answer is None:
+            raise
+        return answer

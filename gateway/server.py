@@ -30,10 +30,10 @@ from gateway.bots_api import add_bots_api
 from gateway.cluster_port import ClusterPort
 from gateway.defences import add_defences
 from gateway.edge_cache import FEED_TIMEOUT_MARGIN_S, EdgeCache, FeedFetch, FeedFollower
+from gateway.front_door import front_door
 from gateway.metrics import GatewayMetrics
 from gateway.overload import InFlight, InFlightLimits
 from gateway.payment import add_payments
-from gateway.problems import problem_middleware
 from gateway.shop import add_shop
 from gateway.state import STATE, GatewayState
 from gateway.subscriptions import add_subscriptions
@@ -117,8 +117,9 @@ def create_app(
         write_latency_target_ms=settings.write_latency_target_ms,
     )
     app = web.Application(
-        # Overload shedding right after the problem middleware: before any work is done.
-        middlewares=[metrics.middleware(), problem_middleware, in_flight.middleware()],
+        # Metrics, problem+json and overload shedding (before any work is done) as one
+        # middleware: three cost a measurable share of an edge-cache read.
+        middlewares=[front_door(metrics, in_flight)],
         client_max_size=MAX_BODY_BYTES,
     )
     app[STATE] = state

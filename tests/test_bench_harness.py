@@ -29,6 +29,8 @@ LOADS = {
     "reserve before sell-out": {"gateway x1"},
     "reserve before sell-out, batching off": {"gateway x1, max_batch 1"},
     "checkout+payment": {"gateway x1 + sandbox"},
+    "checkout+payment: checkout alone": {"gateway x1"},
+    "checkout+payment: payment alone": {"gateway x1 + sandbox"},
     "scaling: inventory reads": {"gateways x1"},
     "scaling: reserve before sell-out": {"gateways x1"},
     "raw commits, 1 command per entry": {"pysyncobj, 3 processes"},

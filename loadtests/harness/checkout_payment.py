@@ -10,7 +10,9 @@ provider call, hundreds per second, where the client spends well under a millise
 (pm_card_visa, the order's amount), back to back; pairs finished inside the window count.
 A 503 (the gateway shedding load, or no leader) is retried with the same
 Idempotency-Key after its Retry-After, up to ``MAX_TRIES`` times, as a real client does;
-the retries are counted, and their waits are in the pair's latency.
+the retries are counted, and their waits are in the pair's latency. Each pair's two
+writes are also timed apart (``checkout`` and ``payment`` percentiles): the checkout's
+latency target is the gateway's and the cluster's, the payment's includes the provider.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class PairStep:
     p50_ms: float = 0.0
     p95_ms: float = 0.0
     p99_ms: float = 0.0
+    # (p50, p95, p99) in ms of the checkout alone and of the payment alone, same pairs
+    checkout_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    payment_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
     paid_total: int = 0  # every paid pair, inside the window or not
     errors: dict[str, int] = field(default_factory=dict)
     retried_503: int = 0  # tries answered 503 and retried after Retry-After
@@ -126,6 +131,8 @@ async def run_pairs(
     """Check out and pay ``carts`` with ``concurrency`` clients; count the window."""
     step = PairStep(concurrency, seconds)
     latencies: list[float] = []
+    checkouts: list[float] = []
+    payments: list[float] = []
     todo = iter(carts)
     timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
     async with aiohttp.ClientSession(
@@ -154,6 +161,7 @@ async def run_pairs(
                 order = json.loads(raw)
                 body = {"order_id": order["order_id"], "payment_method": PAYMENT_METHOD,
                         "amount": order["amount"]}  # fmt: skip
+                checked_out = time.perf_counter()
                 status, raw = await _post(http, cart.base + "/payment", body, cart.token, "pay",
                                           step)  # fmt: skip
                 if status != 200:
@@ -161,7 +169,10 @@ async def run_pairs(
                     continue
                 step.paid_total += 1
                 if measure_from <= time.monotonic() < until:
-                    latencies.append(time.perf_counter() - started)
+                    done = time.perf_counter()
+                    latencies.append(done - started)
+                    checkouts.append(checked_out - started)
+                    payments.append(done - checked_out)
             step.carts_ran_out = True
 
         await asyncio.gather(*(client() for _ in range(concurrency)))
@@ -171,4 +182,12 @@ async def run_pairs(
     step.p50_ms = percentile(ordered, 0.50) * 1000
     step.p95_ms = percentile(ordered, 0.95) * 1000
     step.p99_ms = percentile(ordered, 0.99) * 1000
+    step.checkout_ms = _percentiles_ms(checkouts)
+    step.payment_ms = _percentiles_ms(payments)
     return step
+
+
+def _percentiles_ms(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    return (percentile(ordered, 0.50) * 1000, percentile(ordered, 0.95) * 1000,
+            percentile(ordered, 0.99) * 1000)  # fmt: skip
