@@ -50,10 +50,11 @@ from typing import Any
 import aiohttp
 import uvloop
 
-from cluster.config import GatewaySettings, load_config
+from cluster.config import GatewaySettings
 from gateway.identity import issue_token
 from loadtests.bench_gateway import _spawn, _stop, _wait_ok
-from tests.support.cluster import LocalCluster, free_ports
+from loadtests.harness.cluster import add_payments
+from tests.support.cluster import LocalCluster
 
 PRODUCT = "bench-pay"
 PRICE_MINOR = 2500
@@ -134,26 +135,6 @@ def _label(status: int, raw: bytes) -> str:
 
 
 # -- set-up -----------------------------------------------------------------------------
-
-
-def _with_payments(cluster: LocalCluster, latency_ms: int) -> str:
-    """Add a [payments] section (both providers on the sandbox); the sandbox's base URL."""
-    (port,) = free_ports(1)
-    base = f"http://127.0.0.1:{port}"
-    section = "\n".join([
-        "[payments]",
-        'providers = ["stripe", "paypal"]',
-        f'stripe_api_base = "{base}"',
-        f'paypal_api_base = "{base}"',
-        f'sandbox_listen = "127.0.0.1:{port}"',
-        f"sandbox_latency_ms = {latency_ms}",
-        "sandbox_decline_rate = 0.0",
-        "",
-    ])  # fmt: skip
-    with open(cluster.config_path, "a", encoding="utf-8") as f:
-        f.write("\n" + section)
-    cluster.config = load_config(cluster.config_path, env={})
-    return base
 
 
 @dataclass(frozen=True)
@@ -310,7 +291,7 @@ def bench(args: argparse.Namespace) -> Run:
                                gateway_settings=gateway_settings(args))  # fmt: skip
         assert not cluster.config.bots.enabled, "the benchmark is a trusted client: [bots] off"
         try:
-            sandbox = _with_payments(cluster, args.latency_ms)
+            sandbox = add_payments(cluster, args.latency_ms)
             _spawn(cluster, "payments-sandbox",
                    ["-m", "cli", "payments-sandbox", "--config", str(cluster.config_path)],
                    {})  # fmt: skip

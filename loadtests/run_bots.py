@@ -46,6 +46,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.config import BotsConfig
+from loadtests.harness.cluster import add_payments
 from loadtests.run_load import (
     PRODUCT,
     REPO,
@@ -62,7 +63,6 @@ from loadtests.run_load import (
     _settle_and_check,
     _start_sandbox,
     _wait_200,
-    _with_payments,
     summary,
 )
 from tests.support.cluster import LocalCluster
@@ -283,7 +283,7 @@ def run_bots(args: argparse.Namespace) -> tuple[Report, BotsRun]:
     classes = ["Shopper"] + [c for c, n in zip(LOCUST_CLASSES, args.bots, strict=True) if n]
     cluster = LocalCluster(directory, args.nodes, gateways=1, bots=BOTS_ON)
     try:
-        sandbox = _with_payments(cluster)
+        sandbox = add_payments(cluster, webhooks=True)
         _start_sandbox(cluster, sandbox)
         cluster.start(timeout_s=START_TIMEOUT_S)
         host = cluster.config.gateways[0].listen.url

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.config import load_config
-from tests.support.cluster import LocalCluster, free_ports
+from loadtests.harness.cluster import add_payments
+from tests.support.cluster import LocalCluster
 
 PRODUCT = "sale"
 PRICE_MINOR = 2500
@@ -116,26 +116,6 @@ def _machine() -> str:
 
 
 # -- the cluster ------------------------------------------------------------------------
-
-
-def _with_payments(cluster: LocalCluster) -> str:
-    """Append a [payments] section (both providers on the sandbox); the sandbox's URL."""
-    (port,) = free_ports(1)
-    base = f"http://127.0.0.1:{port}"
-    gateway = cluster.config.gateways[0].listen.url
-    section = "\n".join([
-        "[payments]",
-        'providers = ["stripe", "paypal"]',
-        f'stripe_api_base = "{base}"',
-        f'paypal_api_base = "{base}"',
-        f'sandbox_listen = "127.0.0.1:{port}"',
-        f'sandbox_webhook_url = "{gateway}/webhooks"',
-        "",
-    ])  # fmt: skip
-    with open(cluster.config_path, "a", encoding="utf-8") as f:
-        f.write("\n" + section)
-    cluster.config = load_config(cluster.config_path, env={})
-    return base
 
 
 def _start_sandbox(cluster: LocalCluster, base: str) -> None:
@@ -358,7 +338,7 @@ def run(args: argparse.Namespace) -> Report:
     report = Report(_machine(), args.users, args.spawn_rate, args.seconds)
     cluster = LocalCluster(directory, 3, gateways=1)
     try:
-        sandbox = _with_payments(cluster)
+        sandbox = add_payments(cluster, webhooks=True)
         _start_sandbox(cluster, sandbox)
         cluster.start(timeout_s=START_TIMEOUT_S)
         host = cluster.config.gateways[0].listen.url

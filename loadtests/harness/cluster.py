@@ -20,22 +20,29 @@ from tests.support.cluster import LocalCluster, free_ports
 SANDBOX = "payments-sandbox"
 
 
-def add_payments(cluster: LocalCluster, latency_ms: int) -> str:
-    """Append a [payments] section (both providers on the sandbox); the sandbox's URL."""
+def add_payments(
+    cluster: LocalCluster, latency_ms: int | None = None, *, webhooks: bool = False
+) -> str:
+    """Append a [payments] section (both providers on the sandbox); the sandbox's URL.
+
+    ``latency_ms``: the sandbox's delay per call (None: cluster.toml's default);
+    ``webhooks``: the sandbox sends its signed webhooks to the first gateway."""
     (port,) = free_ports(1)
     base = f"http://127.0.0.1:{port}"
-    section = "\n".join([
+    lines = [
         "[payments]",
         'providers = ["stripe", "paypal"]',
         f'stripe_api_base = "{base}"',
         f'paypal_api_base = "{base}"',
         f'sandbox_listen = "127.0.0.1:{port}"',
-        f"sandbox_latency_ms = {latency_ms}",
         "sandbox_decline_rate = 0.0",
-        "",
-    ])  # fmt: skip
+    ]
+    if latency_ms is not None:
+        lines.append(f"sandbox_latency_ms = {latency_ms}")
+    if webhooks:
+        lines.append(f'sandbox_webhook_url = "{cluster.config.gateways[0].listen.url}/webhooks"')
     with open(cluster.config_path, "a", encoding="utf-8") as f:
-        f.write("\n" + section)
+        f.write("\n" + "\n".join(lines) + "\n")
     cluster.config = load_config(cluster.config_path, env={})
     return base
 
