@@ -12,11 +12,11 @@ field and says what is expected.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Final
 
 from admin.product_forms import FormError
+from bots.lists import canonical_ip
 from gateway.identity import MAX_USER_ID_LEN, USER_ID_PATTERN
 
 Number = int | float
@@ -84,13 +84,9 @@ def list_name(text: str) -> str:
 
 
 def ip_entry(text: str) -> str:
-    """An IP address or network in canonical form; ValueError when it is neither."""
-    if "/" not in text:
-        return str(ipaddress.ip_address(text))
-    network = ipaddress.ip_network(text, strict=False)
-    if network.prefixlen == network.max_prefixlen:
-        return str(network.network_address)
-    return str(network)
+    """An IP address or network in canonical form (the gateways' own, bots.lists);
+    ValueError when it is neither."""
+    return canonical_ip(text)
 
 
 def entry(list_: str, text: str) -> str:

@@ -42,9 +42,21 @@ def normalize(list_name: str, value: str) -> str:
             raise ValueError(f"{value!r} is not a shopper id")
         return value
     try:
-        network = ipaddress.ip_network(value.strip(), strict=False)
+        return canonical_ip(value)
     except ValueError:
         raise ValueError(f"{value!r} is not an IP address or network (CIDR)") from None
+
+
+def canonical_ip(text: str) -> str:
+    """An IP address or network in the one form lists keep; ValueError when it is
+    neither. An IPv4-mapped IPv6 entry (``::ffff:10.0.0.1``, what a dual-stack gateway
+    logs) is kept as IPv4, the form a client's address is looked up in: kept as IPv6 it
+    would match nobody."""
+    network: Network = ipaddress.ip_network(text.strip(), strict=False)
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
     if network.prefixlen == network.max_prefixlen:
         return str(network.network_address)
     return str(network)

@@ -31,6 +31,6 @@ def raft_password(secret: str) -> str:
 
 def check_bearer(header: str | None, secret: str) -> bool:
     """True when an Authorization header carries the internal token (constant time)."""
-    if not header or not header.startswith("Bearer "):
-        return False
+    if not header or not header.isascii() or not header.startswith("Bearer "):
+        return False  # compare_digest raises on non-ASCII text
     return hmac.compare_digest(header[7:].strip(), internal_token(secret))

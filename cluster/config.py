@@ -902,8 +902,21 @@ def _float(table: Mapping[str, Any], key: str, section: str, default: float, lo:
     return float(value)
 
 
+# ALTCHA challenges: below this a challenge costs a bot nothing; above the maximum the
+# verifier (bots.challenge.MAX_NUMBER) refuses honest solutions.
+MIN_CHALLENGE_DIFFICULTY = 1_000
+MAX_CHALLENGE_DIFFICULTY = 10_000_000
+
+
 def _bots(b: Mapping[str, Any]) -> BotsConfig:
     d = BotsConfig()
+    difficulty = _int(
+        b, "challenge_difficulty", "bots", d.challenge_difficulty, MIN_CHALLENGE_DIFFICULTY
+    )
+    if difficulty > MAX_CHALLENGE_DIFFICULTY:
+        raise ConfigError(
+            f"bots.challenge_difficulty={difficulty}: at most {MAX_CHALLENGE_DIFFICULTY}"
+        )
 
     def flag(key: str) -> bool:
         value = _optional_bool(b, key, "bots")
@@ -926,7 +939,7 @@ def _bots(b: Mapping[str, Any]) -> BotsConfig:
         token_rate=_float(b, "token_rate", "bots", d.token_rate, 0.001),
         token_burst=_int(b, "token_burst", "bots", d.token_burst, 1),
         challenge=flag("challenge"),
-        challenge_difficulty=_int(b, "challenge_difficulty", "bots", d.challenge_difficulty, 1),
+        challenge_difficulty=difficulty,
         challenge_ttl_s=_int(b, "challenge_ttl_s", "bots", d.challenge_ttl_s, 1),
         heuristics=flag("heuristics"),
         block_score=_int(b, "block_score", "bots", d.block_score, 1),

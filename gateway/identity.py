@@ -102,6 +102,8 @@ def verify_token(secret: str, token: str, *, now_s: float | None = None) -> str:
     """The user id a valid, unexpired token proves; InvalidToken otherwise."""
     if len(token) > MAX_TOKEN_LEN:
         raise InvalidToken("token too long")
+    if not token.isascii():  # hmac.compare_digest and the signature raise on non-ASCII
+        raise InvalidToken("malformed token")
     parts = token.split(".")
     if len(parts) != 3 or parts[0] != TOKEN_VERSION:
         raise InvalidToken("malformed token")

@@ -166,6 +166,9 @@ def test_noted_signals_follow_the_ip_and_the_shopper_and_fade() -> None:
         ("block_ips", "192.0.2.7/32", "192.0.2.7"),
         ("block_ips", "10.1.2.3/8", "10.0.0.0/8"),
         ("allow_ips", "2001:db8::1/64", "2001:db8::/64"),
+        # What a dual-stack gateway logs: kept as IPv4, the form clients are looked up in.
+        ("block_ips", "::ffff:10.0.0.1", "10.0.0.1"),
+        ("block_ips", "::ffff:10.0.0.0/104", "10.0.0.0/8"),
         ("block_shoppers", "mallory", "mallory"),
     ],
 )
@@ -194,6 +197,11 @@ def test_networks_and_addresses_match_including_mapped_ipv6() -> None:
     assert "10.200.1.1" in index and "192.0.2.7" in index and "::ffff:10.1.1.1" in index
     assert "2001:db8:ffff::1" in index
     assert "192.0.2.8" not in index and "11.0.0.1" not in index and "garbage" not in index
+
+
+def test_a_mapped_ipv6_entry_matches_the_client_in_both_forms() -> None:
+    index = IpIndex([normalize("block_ips", "::ffff:10.0.0.1")])
+    assert "10.0.0.1" in index and "::ffff:10.0.0.1" in index
 
 
 def test_lists_block_allow_and_are_capped() -> None:

@@ -242,6 +242,24 @@ async def test_block_listed_clients_get_403_and_allow_listed_are_never_limited(
     assert 'decision="allowed",reason="allow-list"} 11.0' in metrics
 
 
+async def test_a_non_ascii_bearer_token_is_401_not_500(
+    gateways: list[Gateway], tmp_path: Path
+) -> None:
+    """A garbled token is no token (a public read still answers); before the fix it was a
+    TypeError: a 500 and a logged traceback per request, ahead of the lists and limits."""
+    gw = await _start(gateways, tmp_path)
+    gw.create("tee", 10)
+    for token in ("v1.abc.\u00e9", "v1.\u00e9bc.abc"):
+        mine = {"Authorization": f"Bearer {token}"}
+        assert (await gw.client.get("/products", headers=mine)).status == 200
+        hold = await gw.client.post(
+            "/reserve-inventory", json={"product_id": "tee", "quantity": 1}, headers=mine
+        )
+        assert hold.status in (401, 403), await hold.text()
+    internal = await gw.client.get("/internal/bots", headers={"Authorization": "Bearer \u00e9"})
+    assert internal.status == 401
+
+
 async def test_an_allow_listed_shopper_skips_limits_and_heuristics(
     gateways: list[Gateway], tmp_path: Path
 ) -> None:

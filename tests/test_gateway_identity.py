@@ -52,7 +52,9 @@ def test_changing_the_user_inside_a_token_breaks_its_signature() -> None:
 
 
 @pytest.mark.parametrize(
-    "token", ["", "abc", "v1.x", "v2.a.b", "v1..", "v1.a.b.c", "x" * (MAX_TOKEN_LEN + 1)]
+    "token",
+    ["", "abc", "v1.x", "v2.a.b", "v1..", "v1.a.b.c", "x" * (MAX_TOKEN_LEN + 1),
+     "v1.abc.\u00e9", "v1.\u00e9bc.abc"],  # non-ASCII: refused, not a TypeError (a 500)
 )
 def test_malformed_tokens_are_refused(token: str) -> None:
     with pytest.raises(InvalidToken):
