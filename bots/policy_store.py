@@ -94,11 +94,15 @@ class PolicyStore:
         changes: dict[str, int | float] = {}
         for name, raw in settings.items():
             if name in SETTINGS:
-                kind = SETTINGS[name][0]
+                kind, low, high = SETTINGS[name][:3]
                 try:
-                    changes[name] = kind(float(raw)) if kind is int else float(raw)
-                except ValueError:
+                    value = kind(float(raw)) if kind is int else float(raw)
+                except (ValueError, OverflowError):
                     continue
+                # Out of range (or NaN) is someone else's write: keep the current value
+                # rather than divide by a zero admission rate on every /queue.
+                if low <= value <= high:
+                    changes[name] = value
         apply_settings(self.policy, changes)
         for name, members in zip(LISTS, lists, strict=True):
             self.lists.replace(name, sorted(members))
