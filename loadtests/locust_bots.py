@@ -326,7 +326,9 @@ class _Bot(_Client):
         _until(OPENS_AT_S)
 
     def address_of(self, n: int) -> str:
-        raise NotImplementedError
+        """The source address of this kind's n-th bot: every subclass says (one shared
+        address for a swarm or a farm, one each for scripted clients)."""
+        raise NotImplementedError(f"{type(self).__name__} must say where its bots come from")
 
     def new_account(self) -> None:
         self.account(f"{self.kind}-{self.n}-{next(self.accounts)}")
