@@ -86,7 +86,14 @@ def _json(body: Mapping[str, Any]) -> web.Response:
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
+    # read(n) answers what has arrived, up to n: a body in several TCP segments needs
+    # several reads.
+    raw = b""
+    while len(raw) <= MAX_BODY_BYTES:
+        chunk = await request.content.read(MAX_BODY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_BODY_BYTES:
         raise invalid_bot_settings(f"body larger than {MAX_BODY_BYTES} bytes")
     try:

@@ -283,3 +283,19 @@ async def test_a_redis_outage_falls_back_locally_and_nothing_set_meanwhile_is_lo
     assert doc["lists"]["block_shoppers"] == ["mallory"]
     metrics = await (await a.client.get("/metrics")).text()
     assert "flashsale_gateway_bot_redis_fallback 0.0" in metrics
+
+
+async def test_a_body_arriving_in_pieces_is_read_whole(
+    gateways: list[Gateway], tmp_path: Path
+) -> None:
+    """An operator's change sent in several TCP segments (chunked here) is one body."""
+    gw = await _start(gateways, tmp_path)
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b'{"block_score":'
+        await asyncio.sleep(0.05)
+        yield b" 42}"
+
+    resp = await gw.client.put("/internal/bots/settings", data=pieces(), headers=internal())
+    assert resp.status == 200, await resp.text()
+    assert gw.app[BOTS].policy.block_score == 42
