@@ -35,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bots.addresses import client_key
 from bots.challenge import ChallengeInvalid, challenge_key, new_challenge, verify
 from bots.policy import BotPolicy
 from bots.redis_link import key_prefix
@@ -122,7 +123,8 @@ def _note(request: web.Request, gate: Gate, signal: str, now: float) -> None:
     """Tell the heuristics (gateway.defences' Suspicion), when they are there."""
     bots = request.app.get(BOTS)
     if bots is not None:
-        bots.suspicion.note(request.remote or "", _shopper(gate, request), signal, now)
+        client = client_key(request.remote or "")
+        bots.suspicion.note(client, _shopper(gate, request), signal, now)
 
 
 def _refuse(gate: Gate, decision: str, reason: str, problem: Problem) -> Problem:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from redis.asyncio import Redis
 
+from bots.addresses import client_key
 from bots.buckets import Limit
 from bots.heuristics import Suspicion
 from bots.limiter import Limiter
@@ -130,8 +131,9 @@ async def defences_middleware(request: web.Request, handler: Handler) -> web.Str
         return await handler(request)
     policy = bots.policy
     config = policy.config
+    client = client_key(ip)  # an IPv6 client by its /64 (bots.addresses)
     if policy.active("rate_limits"):
-        limits = [Limit("ip", ip, config.ip_rate, config.ip_burst)]
+        limits = [Limit("ip", client, config.ip_rate, config.ip_burst)]
         if request.method not in READ_METHODS and shopper is not None and token is not None:
             limits.append(Limit("shopper", shopper, config.shopper_rate, config.shopper_burst))
             limits.append(Limit("token", token, config.token_rate, config.token_burst))
@@ -142,7 +144,7 @@ async def defences_middleware(request: web.Request, handler: Handler) -> web.Str
             raise rate_limited(verdict.retry_after_s, kind)
     if policy.active("heuristics"):
         score, reasons = bots.suspicion.assess(
-            ip, shopper, request.headers.get("User-Agent"), time.time(), config.accounts_per_ip
+            client, shopper, request.headers.get("User-Agent"), time.time(), config.accounts_per_ip
         )
         if score >= policy.block_score:
             bots.count("blocked", "score")
