@@ -85,7 +85,23 @@ class SupervisedProcesses:
             pid = int((self.directory / f"{name}.pid").read_text(encoding="ascii"))
         except (OSError, ValueError):
             return None
-        return pid if alive(pid) else None
+        return pid if alive(pid) and self._ours(pid, name) else None
+
+    def _ours(self, pid: int, name: str) -> bool:
+        """Whether ``pid`` runs ``flashsale up``'s child ``name`` of this cluster: a pid
+        file left by a supervisor that died may name a pid the kernel has given to an
+        unrelated process since, whose group a kill would otherwise hit."""
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        if "cli" not in args or name not in args:
+            return False
+        if self.config.path is None or "--config" not in args[:-1]:
+            return True
+        given = args[args.index("--config") + 1]
+        return Path(given).name == Path(self.config.path).name
 
     def is_running(self, name: str) -> bool:
         return self.pid(name) is not None

@@ -35,6 +35,24 @@ DURATION_S = 24
 UP_TIMEOUT_S = 60.0
 
 
+def test_a_stale_pid_file_naming_another_process_is_not_acted_on(tmp_path: Path) -> None:
+    """A supervisor that died leaves pid files; the kernel may reuse their pids for
+    anything. The nemesis must not kill an unrelated process group."""
+    topology = build_topology(tmp_path / "cluster", n_nodes=1, n_gateways=1)
+    processes = SupervisedProcesses(topology.config, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "run" / "n1.pid").write_text(f"{stranger.pid}\n", encoding="ascii")
+        assert processes.pid("n1") is None and processes.published() == []
+        processes.kill("n1")
+        processes.pause("n1")
+        assert stranger.poll() is None and alive(stranger.pid)
+    finally:
+        stranger.kill()
+        stranger.wait(10)
+
+
 def test_the_schedule_has_a_kill_and_a_pause() -> None:
     kinds = [f.kind for f in schedule(SCENARIOS["mixed"].mix.only(PROCESS_FAULTS), SEED,
                                       DURATION_S)]
