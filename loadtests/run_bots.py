@@ -36,7 +36,6 @@ import argparse
 import csv
 import shutil
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,23 +45,19 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster.config import BotsConfig
-from loadtests.harness.cluster import add_payments
 from loadtests.run_load import (
     PRODUCT,
     REPO,
-    START_TIMEOUT_S,
     EndpointRow,
     Report,
     _children_cpu_s,
     _cluster_cpu,
-    _create_sale,
     _loadavg,
     _machine,
     _ms,
     _run_locust,
     _settle_and_check,
-    _start_sandbox,
-    _wait_200,
+    open_sale,
     summary,
 )
 from tests.support.cluster import LocalCluster
@@ -283,13 +278,7 @@ def run_bots(args: argparse.Namespace) -> tuple[Report, BotsRun]:
     classes = ["Shopper"] + [c for c, n in zip(LOCUST_CLASSES, args.bots, strict=True) if n]
     cluster = LocalCluster(directory, args.nodes, gateways=1, bots=BOTS_ON)
     try:
-        sandbox = add_payments(cluster, webhooks=True)
-        _start_sandbox(cluster, sandbox)
-        cluster.start(timeout_s=START_TIMEOUT_S)
-        host = cluster.config.gateways[0].listen.url
-        _wait_200(cluster, cluster.config.gateways[0].id, host + "/readyz")
-        opens_at_ms = int((time.time() + args.open_after) * 1000)
-        _create_sale(cluster, args.stock, opens_at_ms)
+        host, sandbox, opens_at_ms = open_sale(cluster, args.stock, args.open_after)
         report.load_before = _loadavg()
         print(f"sale opens in {args.open_after:g} s; locust: {args.users} users of which "
               f"bots {args.bots}, {args.seconds:g} s against {host}", flush=True)  # fmt: skip

@@ -118,6 +118,19 @@ def _machine() -> str:
 # -- the cluster ------------------------------------------------------------------------
 
 
+def open_sale(cluster: LocalCluster, stock: int, open_after_s: float) -> tuple[str, str, int]:
+    """Start the payments sandbox and the cluster, wait for the gateway, create the sale
+    opening ``open_after_s`` from now: (gateway URL, sandbox URL, opening in ms)."""
+    sandbox = add_payments(cluster, webhooks=True)
+    _start_sandbox(cluster, sandbox)
+    cluster.start(timeout_s=START_TIMEOUT_S)
+    host = cluster.config.gateways[0].listen.url
+    _wait_200(cluster, cluster.config.gateways[0].id, host + "/readyz")
+    opens_at_ms = int((time.time() + open_after_s) * 1000)
+    _create_sale(cluster, stock, opens_at_ms)
+    return host, sandbox, opens_at_ms
+
+
 def _start_sandbox(cluster: LocalCluster, base: str) -> None:
     with open(cluster.log_path("payments-sandbox"), "ab") as out:
         proc = subprocess.Popen(
@@ -338,13 +351,7 @@ def run(args: argparse.Namespace) -> Report:
     report = Report(_machine(), args.users, args.spawn_rate, args.seconds)
     cluster = LocalCluster(directory, 3, gateways=1)
     try:
-        sandbox = add_payments(cluster, webhooks=True)
-        _start_sandbox(cluster, sandbox)
-        cluster.start(timeout_s=START_TIMEOUT_S)
-        host = cluster.config.gateways[0].listen.url
-        _wait_200(cluster, cluster.config.gateways[0].id, host + "/readyz")
-        opens_at_ms = int((time.time() + args.open_after) * 1000)
-        _create_sale(cluster, args.stock, opens_at_ms)
+        host, sandbox, _ = open_sale(cluster, args.stock, args.open_after)
         report.load_before = _loadavg()
         print(f"sale opens in {args.open_after:g} s; locust: {args.users} users, "
               f"{args.seconds:g} s against {host}", flush=True)  # fmt: skip

@@ -20,11 +20,11 @@ from gateway.state import STATE
 from tests.support.bots import (
     REDIS_URL,
     Gateway,
-    bots_config,
+    close_gateways,
     cluster_name,
-    delete_keys,
     internal,
     shopper,
+    start_gateway,
 )
 from tests.support.cluster import free_ports
 
@@ -36,19 +36,10 @@ SHARED_WITHIN_S = REFRESH_S * 3  # a change through one gateway reaches the othe
 async def gateways() -> AsyncIterator[list[Gateway]]:
     started: list[Gateway] = []
     yield started
-    for gw in started:
-        await gw.close()
-    for name in {gw.app[STATE].config.name for gw in started}:
-        await delete_keys(name)
+    await close_gateways(started)
 
 
-async def _start(
-    gateways: list[Gateway], tmp_path: Path, name: str | None = None, **bots: Any
-) -> Gateway:
-    config = bots_config(tmp_path / f"g{len(gateways)}", name or cluster_name(), **bots)
-    gw = await Gateway.start(config)
-    gateways.append(gw)
-    return gw
+_start = start_gateway
 
 
 async def _doc(gw: Gateway) -> dict[str, Any]:

@@ -15,15 +15,14 @@ from aiohttp import ClientResponse
 from bots.heuristics import WEIGHTS
 from gateway.defences import BOTS
 from gateway.problems import PROBLEM_BASE
-from gateway.state import STATE
 from tests.support.bots import (
     REDIS_URL,
     Gateway,
-    bots_config,
+    close_gateways,
     cluster_name,
-    delete_keys,
     internal,
     shopper,
+    start_gateway,
 )
 
 
@@ -50,19 +49,10 @@ async def gateways() -> AsyncIterator[list[Gateway]]:
     """Started gateways, closed (and their Redis keys removed) at the end."""
     started: list[Gateway] = []
     yield started
-    for gw in started:
-        await gw.close()
-    for name in {gw.app[STATE].config.name for gw in started}:
-        await delete_keys(name)
+    await close_gateways(started)
 
 
-async def _start(
-    gateways: list[Gateway], tmp_path: Path, name: str | None = None, **bots: Any
-) -> Gateway:
-    config = bots_config(tmp_path / f"g{len(gateways)}", name or cluster_name(), **bots)
-    gw = await Gateway.start(config)
-    gateways.append(gw)
-    return gw
+_start = start_gateway
 
 
 # -- rate limits ---------------------------------------------------------------------

@@ -22,6 +22,7 @@ from cluster.auth import internal_token
 from cluster.config import ClusterConfig, build_config
 from gateway.identity import issue_token
 from gateway.server import create_app
+from gateway.state import STATE
 from tests.test_gateway_api import InProcessCluster
 
 SECRET = "bots-test-secret-0123456789abcdef0123456789"
@@ -110,3 +111,22 @@ async def delete_keys(name: str) -> None:
             await redis.delete(*keys)
     finally:
         await redis.aclose()
+
+
+async def start_gateway(
+    gateways: list[Gateway], tmp_path: Path, name: str | None = None, **bots: Any
+) -> Gateway:
+    """One more gateway of cluster ``name`` (a fresh one by default), appended to
+    ``gateways`` so that ``close_gateways`` closes it."""
+    config = bots_config(tmp_path / f"g{len(gateways)}", name or cluster_name(), **bots)
+    gw = await Gateway.start(config)
+    gateways.append(gw)
+    return gw
+
+
+async def close_gateways(gateways: list[Gateway]) -> None:
+    """Close every gateway and remove its cluster's Redis keys."""
+    for gw in gateways:
+        await gw.close()
+    for name in {gw.app[STATE].config.name for gw in gateways}:
+        await delete_keys(name)
