@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from gateway.cards import contains_card_number
+from gateway.cards import contains_card_number, text_may_hold_card_number
 from gateway.identity import MAX_USER_ID_LEN, valid_user_id
 from gateway.problems import (
     Problem,
@@ -89,9 +89,14 @@ async def read_json(
         raise body_too_large(MAX_BODY_BYTES)
     try:
         # The application's client_max_size is MAX_BODY_BYTES: read() stops beyond it.
-        if request.content.is_eof():
+        content = request.content
+        if content.is_eof() and hdrs.CONTENT_ENCODING not in request.headers:
             # Already received whole (a small body comes with its headers): nothing to
-            # wait for, so no timer to arm.
+            # wait for, so no timer to arm, and no read loop either (a third of the cost
+            # of a sold-out refusal's body, docs/BENCHMARKS.md). Not for a compressed
+            # body: read() is what stops one inflating past the size cap.
+            raw = content.read_nowait()
+        elif content.is_eof():
             raw = await request.read()
         else:
             async with asyncio.timeout(BODY_READ_TIMEOUT_S):
@@ -131,7 +136,9 @@ def decode_json(raw: bytes, *, phone_fields: frozenset[str] = frozenset()) -> di
     except ValueError as exc:
         # JSONDecodeError's message holds a position, never the text around it.
         raise malformed_json(f"invalid JSON: {exc}") from None
-    if contains_card_number(_without_phones(value, phone_fields)):
+    if text_may_hold_card_number(raw) and contains_card_number(
+        _without_phones(value, phone_fields)
+    ):
         raise card_number_refused()
     if not isinstance(value, dict):
         raise invalid_input("the body must be a JSON object")

@@ -20,6 +20,11 @@ _DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d)+(?!\d)")
 _SEPARATORS = re.compile(r"[ -]")
 # A tuple built once: ``int | float`` in the loop would build a union per item.
 _NUMBERS = (int, float)
+# For the pre-check on a body's bytes: every digit mapped to "0" and "E" to "e", so that
+# digits are counted, and what makes digits appear only once decoded is found, by plain
+# byte searches: a JSON escape (``\\u0034`` is "4") or a number's exponent (``1e15`` has
+# 16 digits once a float). A regular expression cost more than the walk it saves.
+_FOLD = bytes.maketrans(b"123456789E", b"000000000e")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -69,6 +74,14 @@ def text_has_card_number(text: str) -> bool:
         if any(luhn_valid(c) for c in _candidates(run)):
             return True
     return False
+
+
+def text_may_hold_card_number(raw: bytes) -> bool:
+    """False only when no value decoded from the JSON text ``raw`` can hold a card
+    number: fewer digits than a card has, no escape and no exponent. Cheaper than
+    decoding and walking it, which most bodies (a hold: two ids and a quantity) skip."""
+    folded = raw.translate(_FOLD)
+    return folded.count(b"0") >= MIN_PAN_DIGITS or b"\\" in folded or b"0e" in folded
 
 
 def contains_card_number(value: object) -> bool:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.cards import contains_card_number, luhn_valid, text_has_card_number
+from gateway.cards import (
+    contains_card_number,
+    luhn_valid,
+    text_has_card_number,
+    text_may_hold_card_number,
+)
 
 # Well-known test card numbers (all Luhn-valid), 13 to 19 digits.
 TEST_PANS = [
@@ -87,3 +94,43 @@ def test_every_luhn_valid_13_to_19_digit_number_is_refused(
 ) -> None:
     pan = _luhn_complete(body)
     assert contains_card_number({"shipping_address": {"address_line1": before + pan + after}})
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet="0123456789 -abc\u00e9\\\"", max_size=24),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(alphabet="0123456789ab", max_size=20), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400)
+@given(value=_JSON, ascii_only=st.booleans())
+def test_the_byte_pre_check_never_lets_a_card_number_through(
+    value: object, ascii_only: bool
+) -> None:
+    # The pre-check may say "maybe" too often, never "no" for a body that holds one.
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    if contains_card_number(json.loads(raw)):
+        assert text_may_hold_card_number(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a":"4111111111111111"}',
+        b'{"a":4111111111111111}',
+        b'{"a":"\\u0034111111111111111"}',  # digits spelled as escapes
+        b'{"a":4.111111111111111e15}',  # a float's digits once decoded
+        b'{"a":1E15}',
+    ],
+)
+def test_the_byte_pre_check_sends_suspect_bodies_to_the_full_scan(raw: bytes) -> None:
+    assert text_may_hold_card_number(raw)
+
+
+def test_a_hold_body_skips_the_full_scan() -> None:
+    assert not text_may_hold_card_number(
+        b'{"user_id":"alice","product_id":"sku-42","quantity":3}'
+    )

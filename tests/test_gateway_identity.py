@@ -113,3 +113,15 @@ def test_client_key_validation() -> None:
     assert not valid_client_key("ünïcode")
     assert valid_client_key(new_client_key())
     assert new_client_key() != new_client_key()
+
+
+def test_a_verified_token_is_remembered_only_for_its_own_secret_and_signature() -> None:
+    token = issue_token(SECRET, "alice", 60, now_s=NOW)
+    assert verify_token(SECRET, token, now_s=NOW) == "alice"  # now remembered
+    with pytest.raises(InvalidToken, match="signature"):
+        verify_token("other-secret", token, now_s=NOW)
+    version, payload, signature = token.split(".")
+    other = "A" if signature[0] != "A" else "B"
+    with pytest.raises(InvalidToken, match="signature"):
+        verify_token(SECRET, f"{version}.{payload}.{other}{signature[1:]}", now_s=NOW)
+    assert verify_token(SECRET, token, now_s=NOW + 1) == "alice"
