@@ -12,7 +12,10 @@ keeps working, per gateway); a shared ticket cannot be looked up until Redis is 
 
 An admission lasts ``admission_ttl_s`` from the moment its ticket was first seen
 admitted (the room records that moment per ticket), so polling an old ticket does not
-renew it: when it runs out the shopper queues again, at the back.
+renew it: when it runs out the shopper queues again, at the back. A local room records
+at most ``max_tracked_clients`` such moments, the oldest dropped first; an admitted
+ticket whose record may have been dropped (numbered at or below the last one dropped)
+counts as run out, never as newly admitted.
 
 Places belong to shoppers: a ticket and its admission carry the holder (a keyed hash of
 the shopper id, bots.tickets.holder_of), only that shopper may look the ticket up, and a
@@ -181,6 +184,7 @@ class WaitingRoom:
         self.opening: float | None = None
         self.redis_ok = redis is not None
         self._admitted_at: OrderedDict[int, float] = OrderedDict()
+        self._forgotten_through = 0  # the highest ticket whose record was dropped
         self._holders: OrderedDict[str, Ticket] = OrderedDict()  # the local room's
         self._script = None if redis is None else redis.register_script(_LUA)
 
@@ -195,9 +199,17 @@ class WaitingRoom:
             self.cursor = wr.advance(self.cursor, now, rate, opening)
         if seq > self.cursor.admitted:
             return seq, 0.0
-        first = self._admitted_at.setdefault(seq, now)
+        first = self._admitted_at.get(seq)
+        if first is None:
+            if seq <= self._forgotten_through:
+                # Its record may have been dropped to keep the table bounded: taken as
+                # run out (queue again), never as a new admission, which a shopper could
+                # otherwise renew by polling an old ticket once enough others had been.
+                return seq, now - self.config.admission_ttl_s
+            first = self._admitted_at[seq] = now
         while len(self._admitted_at) > self.config.max_tracked_clients:
-            self._admitted_at.popitem(last=False)
+            dropped, _ = self._admitted_at.popitem(last=False)
+            self._forgotten_through = max(self._forgotten_through, dropped)
         return seq, first
 
     async def _shared(

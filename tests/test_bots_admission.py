@@ -21,8 +21,10 @@ from hypothesis import strategies as st
 
 from bots import waiting_room as wr
 from bots.challenge import ChallengeInvalid, challenge_key, new_challenge, solve, verify
+from bots.policy import BotPolicy
 from bots.redis_link import key_prefix
 from bots.replay import ReplayStore
+from bots.room import AdmissionExpired, WaitingRoom
 from bots.tickets import (
     InvalidTicket,
     Ticket,
@@ -34,7 +36,7 @@ from bots.tickets import (
     sign_ticket,
 )
 from cluster.auth import internal_token
-from cluster.config import ClusterConfig, build_config
+from cluster.config import BotsConfig, ClusterConfig, build_config
 from gateway.admission import GATE
 from gateway.identity import issue_token
 from gateway.problems import PROBLEM_BASE
@@ -732,3 +734,25 @@ async def test_a_place_whose_admission_ran_out_is_given_up_for_a_new_one(tmp_pat
         assert again["admission_expires_at_ms"] > first["admission_expires_at_ms"]
     finally:
         await shop.client.close()
+
+
+async def test_an_admission_forgotten_past_the_table_bound_is_not_renewed() -> None:
+    # The local room keeps max_tracked_clients admission moments; polling a ticket whose
+    # moment was dropped must not start a new admission (it would never run out).
+    config = BotsConfig(max_tracked_clients=100, admission_rate=1000.0)
+    room = WaitingRoom(b"k" * 32, BotPolicy.from_config(config), config)
+    t0 = time.time()
+    first = await room.join(t0, None, "shopper0")
+    assert first.admitted
+    for i in range(1, 150):  # 149 more shoppers admitted and seen: the first is dropped
+        assert (await room.join(t0 + i / 100, None, f"shopper{i}")).admitted
+    late = t0 + config.admission_ttl_s / 2  # well within the first one's admission...
+    with pytest.raises(AdmissionExpired):  # ...but its moment is gone: queue again
+        await room.look(first.ticket, late, None, "shopper0")
+    again = await room.join(late, None, "shopper0")
+    assert again.seq > first.seq  # a new place at the back, not the old one renewed
+    # A ticket still on record keeps its own admission, from when it was first seen.
+    recent = await room.join(late, None, "shopper149")
+    assert recent.admitted and recent.admission_expires_ms == int(
+        (t0 + 1.49 + config.admission_ttl_s) * 1000
+    )
