@@ -23,7 +23,7 @@ from aiohttp import web
 
 from cluster.errors import ClusterError, NotFound
 from gateway import shapes
-from gateway.bodies import parse_checkout, parse_id, parse_reserve, read_json
+from gateway.bodies import parse_checkout, parse_id, read_body, read_json, reserve_body
 from gateway.idempotency import HEADER, ledger_key, new_client_key, valid_client_key
 from gateway.identity import InvalidToken, bearer_user
 from gateway.openapi import openapi_document
@@ -148,7 +148,7 @@ async def reserve_inventory(request: web.Request) -> web.Response:
     user = _shopper(request)
     key = _client_key(request)
     try:
-        body = parse_reserve(await read_json(request))
+        body = reserve_body(await read_body(request))
         _same_user(body.user_id, user)
         command = {
             "type": "reserve",

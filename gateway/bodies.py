@@ -11,6 +11,7 @@ are never echoed back in errors, except ids the shopper typed in the path.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -85,6 +86,11 @@ async def read_json(
 ) -> dict[str, Any]:
     """The request's JSON object body, or a Problem (400/413/422). ``phone_fields``:
     see ``decode_json``."""
+    return decode_json(await read_body(request), phone_fields=phone_fields)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The request's body bytes, at most ``MAX_BODY_BYTES`` (a Problem otherwise)."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise body_too_large(MAX_BODY_BYTES)
     try:
@@ -107,7 +113,7 @@ async def read_json(
         raise body_timeout(BODY_READ_TIMEOUT_S) from None
     if len(raw) > MAX_BODY_BYTES:
         raise body_too_large(MAX_BODY_BYTES)
-    return decode_json(raw, phone_fields=phone_fields)
+    return raw
 
 
 def _without_phones(value: object, phone_fields: frozenset[str]) -> object:
@@ -210,6 +216,27 @@ def _id_field(body: Mapping[str, Any], name: str) -> str:
 
 
 _RESERVE_FIELDS = frozenset({"user_id", "product_id", "quantity"})
+
+
+# Hold bodies already validated, by their bytes. After a sell-out the same shoppers (and
+# bots) send the same hold again and again, byte for byte, and decoding, scanning and
+# checking it was most of the cost of the refusal (docs/BENCHMARKS.md). Only bodies of
+# a hold's size are kept (at most this many, least recently used dropped first), so the
+# cache holds well under a few MB; a body that fails is never kept (it raises).
+RESERVE_BODY_CACHE_SIZE = 4096
+MAX_CACHED_BODY_BYTES = 256
+
+
+def reserve_body(raw: bytes) -> ReserveBody:
+    """``parse_reserve(decode_json(raw))``, remembered for small bodies."""
+    if len(raw) <= MAX_CACHED_BODY_BYTES:
+        return _cached_reserve_body(raw)
+    return parse_reserve(decode_json(raw))
+
+
+@functools.lru_cache(maxsize=RESERVE_BODY_CACHE_SIZE)
+def _cached_reserve_body(raw: bytes) -> ReserveBody:
+    return parse_reserve(decode_json(raw))
 
 
 def parse_reserve(body: Mapping[str, Any]) -> ReserveBody:

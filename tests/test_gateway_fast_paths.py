@@ -1,6 +1,7 @@
 """The gateway's fast paths keep their meaning: answers encoded once per ledger index,
 metrics counted in plain numbers, the token's decoded claims kept, the card scan's
-shortcut (docs/BENCHMARKS.md measures their speed; this file only what users rely on)."""
+shortcut, hold bodies remembered by their bytes (docs/BENCHMARKS.md measures their
+speed; this file only what users rely on)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from gateway.bodies import MAX_CACHED_BODY_BYTES, reserve_body
 from gateway.cards import contains_card_number
 from gateway.edge_cache import EdgeCache
 from gateway.identity import InvalidToken, issue_token, verify_token
 from gateway.metrics import GatewayMetrics, RequestStats
 from gateway.overload import InFlight, InFlightLimits
+from gateway.problems import Problem
 from tests.test_gateway_api import Shop, _shop
 
 SECRET = "s" * 32
@@ -99,6 +102,31 @@ async def test_each_sold_out_refusal_names_its_own_key_and_path(shop: Shop) -> N
     )  # fmt: skip
     assert resp.status == 422
     assert (await resp.json())["type"].endswith("card-number-refused")
+
+
+def test_a_hold_body_is_remembered_by_its_bytes_only_once_it_proved_valid() -> None:
+    raw = b'{"user_id":"bob","product_id":"p1","quantity":2}'
+    first = reserve_body(raw)
+    assert (first.user_id, first.product_id, first.quantity) == ("bob", "p1", 2)
+    assert reserve_body(bytes(raw)) is first  # the same bytes: the record kept
+    bad = b'{"user_id":"bob","product_id":"p1","quantity":0}'
+    for _ in range(2):  # refused every time: a failure is never kept
+        with pytest.raises(Problem) as refused:
+            reserve_body(bad)
+        assert refused.value.status == 422
+    big = b'{"user_id":"bob",' + b" " * MAX_CACHED_BODY_BYTES + b'"product_id":"p1","quantity":1}'
+    assert reserve_body(big) is not reserve_body(big)  # beyond the size kept: parsed anew
+
+
+async def test_a_remembered_body_still_needs_its_own_shoppers_token(shop: Shop) -> None:
+    shop.create("p1", 1)
+    assert (await shop.reserve("alice", "p1"))[0] == 200
+    await shop.synced()
+    body = {"user_id": "bob", "product_id": "p1", "quantity": 1}
+    resp = await shop.client.post("/add-to-cart", json=body, headers=shop.auth("bob"))
+    assert resp.status == 409
+    resp = await shop.client.post("/add-to-cart", json=body, headers=shop.auth("carol"))
+    assert resp.status == 403  # the same bytes, another shopper's token
 
 
 # -- metrics in plain numbers -----------------------------------------------------------
