@@ -28,7 +28,7 @@ from gateway.idempotency import HEADER, ledger_key, new_client_key, valid_client
 from gateway.identity import InvalidToken, bearer_user
 from gateway.openapi import openapi_document
 from gateway.payment import PAYMENTS, parse_payment, payment_result, webhook_notice
-from gateway.pii import seal_details
+from gateway.pii import seal_details_async
 from gateway.problems import (
     Problem,
     encoded_response,
@@ -223,7 +223,7 @@ async def checkout(request: web.Request) -> web.Response:
             "user_id": user,
             "cart_id": body.cart_id,
             "payment_method": body.payment_method,
-            "sealed_details": seal_details(user, details),
+            "sealed_details": await seal_details_async(user, details),
         }
         try:
             index, result = await _apply(state, command)

@@ -13,7 +13,6 @@ answered as the notifier put it; a notifier that is down or not configured is 50
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +32,7 @@ from gateway.bodies import (
     read_json,
 )
 from gateway.identity import InvalidToken, bearer_user
-from gateway.pii import seal_details
+from gateway.pii import seal_details_async
 from gateway.problems import PROBLEM_BASE, Problem, invalid_input, not_found, unauthorized
 from gateway.state import STATE, GatewayState
 
@@ -152,7 +151,7 @@ async def subscribe(request: web.Request) -> web.Response:
     product_id = parse_id(request.match_info["product_id"], "product_id")
     details = parse_subscription(await read_json(request, phone_fields=PHONE_FIELDS))
     await _known_product(state, product_id)
-    sealed = await asyncio.to_thread(seal_details, user, details)
+    sealed = await seal_details_async(user, details)
     status, answer = await request.app[NOTIFIER_LINK].request(
         "POST",
         "/v1/subscriptions",

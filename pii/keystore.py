@@ -5,7 +5,9 @@ them: a random 256-bit key with a random id, wrapped under the active master key
 (``pii.keyring``), inserted with ``ON CONFLICT (user_id) DO NOTHING`` and read back, so
 gateways racing on a shopper's first checkout all end up with the one key that won. The
 store is the only copy: a gateway never seals with a key that is not stored (durably:
-the connection is ``durable=True``).
+the connection is ``durable=True``). ``get_or_create_many`` does that for a group of
+shoppers in one transaction, so a flash sale's stream of new shoppers costs one flushed
+commit per group, not per shopper (``pii.keyloader`` forms the groups).
 
 ``erase`` is GDPR's crypto-shredding: the row goes (SQLite overwrites it: secure_delete,
 then a WAL checkpoint; PostgreSQL vacuums the table), an erasure is recorded, and every
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +40,8 @@ from snapshots.schema import migrate
 log = logging.getLogger("pii.keystore")
 
 ROTATE_PAGE_KEYS = 500  # data keys re-wrapped per transaction by ``rotate``
+# Users per ``IN (...)`` lookup: far below SQLite's and PostgreSQL's parameter limits.
+LOOKUP_PAGE_USERS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +62,8 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _check_user(user_id: str) -> None:
+def check_user(user_id: str) -> None:
+    """Raise ``PiiError`` unless ``user_id`` is a valid user id."""
     problem = id_problem("user_id", user_id)
     if problem is not None:
         raise PiiError(problem)
@@ -98,25 +104,53 @@ class KeyStore:
 
     def get_or_create(self, user_id: str, now_ms: int | None = None) -> DataKey:
         """The shopper's data key, made and stored first if they have none."""
-        _check_user(user_id)
-        found = self.current(user_id)
-        if found is not None:
-            return found
-        made = DataKey(user_id, new_key_id(), new_data_key_secret())
-        master_key_id, wrapped = self.keyring.wrap(made)
-        at = _now_ms() if now_ms is None else now_ms
-        with self.db.transaction() as tx:
-            tx.execute(
-                "INSERT INTO data_keys (user_id, key_id, master_key_id, wrapped, "
-                "created_at_ms, wrapped_at_ms) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (user_id) DO NOTHING",
-                (user_id, made.key_id, master_key_id, wrapped, at, at),
-            )
-            rows = tx.query(
-                "SELECT key_id, master_key_id, wrapped FROM data_keys WHERE user_id = ?",
-                (user_id,),
-            )
-        return self._row_key(user_id, rows[0])
+        return self.get_or_create_many([user_id], now_ms)[user_id]
+
+    def get_or_create_many(
+        self, user_ids: Iterable[str], now_ms: int | None = None
+    ) -> dict[str, DataKey]:
+        """The data keys of the shoppers (by user id), those who have none made and stored
+        first, all in one transaction: one durable commit for the whole group."""
+        users = list(dict.fromkeys(user_ids))
+        for user_id in users:
+            check_user(user_id)
+        found = self._rows(self.db.query, users)
+        missing = [u for u in users if u not in found]
+        if missing:
+            at = _now_ms() if now_ms is None else now_ms
+            rows = []
+            for user_id in missing:
+                made = DataKey(user_id, new_key_id(), new_data_key_secret())
+                master_key_id, wrapped = self.keyring.wrap(made)
+                rows.append((user_id, made.key_id, master_key_id, wrapped, at, at))
+            with self.db.transaction() as tx:
+                tx.executemany(
+                    "INSERT INTO data_keys (user_id, key_id, master_key_id, wrapped, "
+                    "created_at_ms, wrapped_at_ms) VALUES (?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (user_id) DO NOTHING",
+                    rows,
+                )
+                # Read back, not assume ours: a shopper another gateway created meanwhile
+                # keeps the key that won.
+                found.update(self._rows(tx.query, missing))
+        return {u: self._row_key(u, found[u]) for u in users}
+
+    @staticmethod
+    def _rows(
+        query: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], users: list[str]
+    ) -> dict[str, tuple[Any, ...]]:
+        """(key id, master key id, wrapped) of each of ``users`` that has a key."""
+        rows: dict[str, tuple[Any, ...]] = {}
+        for start in range(0, len(users), LOOKUP_PAGE_USERS):
+            page = users[start : start + LOOKUP_PAGE_USERS]
+            marks = ", ".join("?" * len(page))
+            for user_id, *row in query(
+                "SELECT user_id, key_id, master_key_id, wrapped FROM data_keys "
+                f"WHERE user_id IN ({marks})",
+                page,
+            ):
+                rows[str(user_id)] = tuple(row)
+        return rows
 
     def key_for(self, user_id: str, key_id: str) -> DataKey:
         """The data key ``key_id`` of the shopper; ``KeyErased`` once it was destroyed."""
@@ -139,7 +173,7 @@ class KeyStore:
 
     def erase(self, user_id: str, now_ms: int | None = None) -> Erasure:
         """Destroy the shopper's data key and record the erasure (crypto-shredding)."""
-        _check_user(user_id)
+        check_user(user_id)
         at = _now_ms() if now_ms is None else now_ms
         with self.db.transaction() as tx:
             key_ids = tuple(

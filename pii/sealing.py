@@ -6,6 +6,9 @@ so equal details give equal bytes) encrypted under the shopper's data key
 ``Sealer`` adds the key lookup for the gateway: the data key comes from the store
 (made on the shopper's first checkout) and is kept in a bounded in-memory cache for
 ``DATA_KEY_CACHE_TTL_S``, so a checkout costs no database round trip in the common case.
+The cache is split from the store for the event loop (``pii.keyloader``): ``cached_key``
+only looks in memory, ``load`` fetches (or makes) a whole group of keys in one store
+transaction; the cache lock is never held while the store is asked.
 ``Unsealer`` (console, notifier, GDPR export) never caches: it reads the key for each
 value, so an erasure takes effect for it at once.
 """
@@ -16,7 +19,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,28 +92,53 @@ class Sealer:
         self._clock = clock
         self._cache: OrderedDict[str, tuple[float, DataKey]] = OrderedDict()
         self._lock = threading.Lock()
-        self.lookups = 0  # store round trips (the cache missed)
+        self.lookups = 0  # store round trips (the cache missed), one per group loaded
+        self._forgotten = 0  # calls of ``forget`` so far
 
     def key(self, user_id: str) -> DataKey:
         """The shopper's data key: from the cache, else from the store (made if new)."""
+        cached = self.cached_key(user_id)
+        if cached is not None:
+            return cached
+        return self.load([user_id])[user_id]
+
+    def cached_key(self, user_id: str) -> DataKey | None:
+        """The shopper's data key if the cache holds it, still fresh; never the store."""
         now = self._clock()
         with self._lock:
             hit = self._cache.get(user_id)
-            if hit is not None and now - hit[0] < self._ttl_s:
-                self._cache.move_to_end(user_id)
-                return hit[1]
-            key = self.keys.get_or_create(user_id)
-            self.lookups += 1
-            self._cache[user_id] = (now, key)
+            if hit is None or now - hit[0] >= self._ttl_s:
+                return None
             self._cache.move_to_end(user_id)
+            return hit[1]
+
+    def load(self, user_ids: Sequence[str]) -> dict[str, DataKey]:
+        """The data keys of ``user_ids`` from the store (made if new, one transaction for
+        all), then cached."""
+        now = self._clock()
+        with self._lock:
+            forgotten = self._forgotten
+        # The store is asked without the lock: ``cached_key`` runs on the gateway's event
+        # loop, which must never wait for a commit.
+        keys = self.keys.get_or_create_many(user_ids)
+        with self._lock:
+            self.lookups += 1
+            if forgotten != self._forgotten:
+                # A shopper was erased meanwhile: what was read may be their old key,
+                # which must not be cached past ``forget``.
+                return keys
+            for user_id, key in keys.items():
+                self._cache[user_id] = (now, key)
+                self._cache.move_to_end(user_id)
             while len(self._cache) > self._capacity:
                 self._cache.popitem(last=False)
-            return key
+        return keys
 
     def forget(self, user_id: str) -> None:
         """Drop a cached key (this process erased the shopper)."""
         with self._lock:
             self._cache.pop(user_id, None)
+            self._forgotten += 1
 
     def seal(self, user_id: str, details: Mapping[str, object]) -> str:
         return seal_with(self.key(user_id), details)

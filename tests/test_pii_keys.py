@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from cluster.config import DEV_MASTER_KEY_B64, ClusterConfig, ConfigError, load_config
+from pii import keystore
 from pii.cli import gdpr_erase, gdpr_export, rotate_keys
-from pii.errors import KeyErased, MasterKeyMissing, PiiConfigError
+from pii.errors import KeyErased, MasterKeyMissing, PiiConfigError, PiiError
 from pii.keystore import KeyStore
 from pii.sealing import Sealer, Unsealer
 from snapshots.ledger_feed import LedgerFeed
@@ -212,6 +213,37 @@ def test_rotation_in_pages_covers_every_key(tmp_path: Path) -> None:
     try:
         assert keys.rotate(page_keys=3).rewrapped == 7
         assert keys.counts_by_master() == {"k2": 7}
+    finally:
+        keys.close()
+
+
+def test_many_keys_are_made_in_one_transaction_and_existing_ones_kept(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keystore, "LOOKUP_PAGE_USERS", 3)  # several IN (...) pages
+    keys = KeyStore.open(config_with(url, tmp_path))
+    try:
+        alice = keys.get_or_create("alice")
+        transactions = 0
+        real = keys.db.transaction
+
+        def counted() -> Any:
+            nonlocal transactions
+            transactions += 1
+            return real()
+
+        monkeypatch.setattr(keys.db, "transaction", counted)
+        users = ["alice", *(f"u{i}" for i in range(8)), "u3"]
+        made = keys.get_or_create_many(users)
+        assert transactions == 1
+        assert sorted(made) == sorted(set(users)) and made["alice"] == alice
+        for user, key in made.items():
+            assert key.user_id == user and keys.current(user) == key
+        assert keys.get_or_create_many(users) == made and transactions == 1  # all stored
+        assert keys.get_or_create_many([]) == {}
+        with pytest.raises(PiiError):
+            keys.get_or_create_many(["v1", ""])
+        assert keys.current("v1") is None  # a bad id in the group: nothing made
     finally:
         keys.close()
 
