@@ -254,7 +254,7 @@ class Bench:
     def reads_and_refusals(self, base: str, bare: str) -> None:
         g1 = self._hosts(["g1"])
         bare_host = [("127.0.0.1", int(bare.rsplit(":", 1)[1]))]
-        for conns in self.args.levels:
+        for conns in self.args.levels if "reads" in self.args.loads else []:
             for server, url, hosts, procs in (
                 ("gateway x1", base, g1, ["g1"]),
                 ("bare aiohttp", bare, bare_host, ["bare"]),
@@ -262,7 +262,7 @@ class Bench:
                 self._wrk_step("inventory reads", server, f"{url}/inventory/{STOCK_PRODUCT}",
                                procs, self._reads(hosts, 1),
                                1, conns, 200)  # fmt: skip
-        for conns in self.args.levels:
+        for conns in self.args.levels if "refusals" in self.args.loads else []:
             for server, url, hosts, procs in (
                 ("gateway x1", base, g1, ["g1"]),
                 ("bare aiohttp", bare, bare_host, ["bare"]),
@@ -544,12 +544,17 @@ def bench(args: argparse.Namespace) -> Report:
         try:
             b = Bench(cluster, tmp, args, report)
             base, bare = b.prepare()
+            loads = args.loads
             b.reads_and_refusals(base, bare)
             stop(cluster, "bare")
-            b.reserves(base)
-            b.unbatched()
-            b.checkout_payment(base)
-            b.scaling()
+            if "reserves" in loads:
+                b.reserves(base)
+            if "unbatched" in loads:
+                b.unbatched()
+            if "checkout" in loads:
+                b.checkout_payment(base)
+            if "scaling" in loads:
+                b.scaling()
             exact = check_exact(cluster, [STOCK_PRODUCT, SOLD_PRODUCT, PAY_PRODUCT])
             for pid, p in exact.products.items():
                 report.exactness.append(
@@ -563,12 +568,25 @@ def bench(args: argparse.Namespace) -> Report:
             for node_id in cluster.node_ids:  # quiet machine for the ceilings
                 cluster.stop_node(node_id)
             stop(cluster, "payments-sandbox")
-            b.ceilings()
+            if "ceilings" in loads:
+                b.ceilings()
             ratios(report, exact.oversold)
         finally:
             cluster.kill_all()
     report.uptime_after = machine.uptime()
     return report
+
+
+# What --loads can name, in the order a run measures them.
+LOADS = ("reads", "refusals", "reserves", "unbatched", "checkout", "scaling", "ceilings")
+
+
+def _loads(text: str) -> tuple[str, ...]:
+    names = tuple(x for x in re.split(r"[,\s]+", text.strip()) if x)
+    unknown = sorted(set(names) - set(LOADS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(LOADS)}, got {text!r}")
+    return names
 
 
 def _levels(text: str) -> list[int]:
@@ -602,9 +620,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="repetitions of the scaling run, in turn (2, quick 1)")  # fmt: skip
     parser.add_argument("--provider-latency-ms", type=int, default=0,
                         help="the payments sandbox's added latency per call")  # fmt: skip
+    parser.add_argument("--loads", type=_loads, default=LOADS,
+                        help=f"only these loads, comma-separated, of {','.join(LOADS)} "
+                             "(default all; a partial run is not written into --docs)")  # fmt: skip
     parser.add_argument("--docs", type=Path, help="write the results into this Markdown file")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args(argv)
+    if args.docs is not None and set(args.loads) != set(LOADS):
+        parser.error("--docs takes a whole run: drop --loads or --docs")
     quick = args.quick
     args.levels = args.levels or ([32] if quick else [8, 32, 128, 512])
     args.seconds = args.seconds if args.seconds is not None else (1.0 if quick else 3.0)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from loadtests import bench_harness
 from loadtests.harness.report import BEGIN, END, replace_block
 
 pytestmark = pytest.mark.cluster
@@ -104,3 +105,11 @@ def test_a_rerun_replaces_the_block_between_the_markers() -> None:
     assert "first" not in again and "second" in again
     assert again.startswith("# B\n\nbefore\n") and again.endswith("\nafter\n")
     assert again.count(BEGIN) == 1 and again.count(END) == 1
+
+
+def test_a_partial_run_names_known_loads_and_is_never_written_into_the_docs() -> None:
+    assert bench_harness.parse_args(["--loads", "checkout,reads"]).loads == ("checkout", "reads")
+    assert bench_harness.parse_args([]).loads == bench_harness.LOADS
+    for argv in (["--loads", "reads,bogus"], ["--loads", "reads", "--docs", "BENCH.md"]):
+        with pytest.raises(SystemExit):
+            bench_harness.parse_args(argv)
