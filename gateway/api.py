@@ -157,21 +157,21 @@ async def reserve_inventory(request: web.Request) -> web.Response:
             "product_id": body.product_id,
             "quantity": body.quantity,
         }
-        response = _edge_checks(state, command, body.quantity, request.path)
+        response = _edge_checks(state, command, body.quantity, request.path, key)
         if response is None:
             index, result = await _apply(state, command)
-            response = _json(shapes.hold_placed(result, index), index=index)
+            response = _json(shapes.hold_placed(result, index), index=index,
+                             headers={HEADER: key})  # fmt: skip
     except Exception as exc:
         _raise_keyed(exc, key)
-    response.headers[HEADER] = key
     return response
 
 
 def _edge_checks(
-    state: GatewayState, command: Mapping[str, Any], quantity: int, path: str
+    state: GatewayState, command: Mapping[str, Any], quantity: int, path: str, key: str
 ) -> web.Response | None:
-    """Refusals the edge cache can make alone (raised, or the sold-out answer returned);
-    acceptance is always the leader's."""
+    """Refusals the edge cache can make alone (raised, or the sold-out answer returned,
+    carrying the client's Idempotency-Key ``key``); acceptance is always the leader's."""
     product_id = str(command["product_id"])
     cache = state.cache
     limit = cache.per_user_limit(product_id)
@@ -189,7 +189,7 @@ def _edge_checks(
             return None
         state.metrics.sold_out_short_circuits.inc()
         # Sent often alike at a sell-out: its bytes are kept per (product, index, path).
-        return encoded_response(409, body, {INDEX_HEADER: str(cache.index)})
+        return encoded_response(409, body, {INDEX_HEADER: str(cache.index), HEADER: key})
     return None
 
 
