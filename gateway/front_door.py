@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_urldispatcher import AbstractRoute
 
 from gateway.metrics import GatewayMetrics, route_label
-from gateway.overload import InFlight, request_kind
+from gateway.overload import InFlight, Kind, request_kind
 from gateway.problems import problem_answer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -35,14 +36,27 @@ def front_door(metrics: GatewayMetrics, in_flight: InFlight) -> Middleware:
     """The first middleware of the gateway application (see the module docstring)."""
     observe = metrics.requests.observe
     clock = time.perf_counter  # monotonic: also the adaptive write cap's clock
+    # A matched route (one method of one resource) always has the same kind and label:
+    # worked out once per route rather than from the path of every request. Bounded by
+    # the application's routes; unmatched requests (404, 405) are not kept.
+    known: dict[AbstractRoute, tuple[Kind | None, str]] = {}
+
+    def classify(request: web.Request) -> tuple[Kind | None, str]:
+        route = request.match_info.route
+        found = known.get(route)
+        if found is None:
+            found = (request_kind(request.method, request.path), route_label(request))
+            if route.resource is not None:
+                known[route] = found
+        return found
 
     @web.middleware
     async def front_door_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = clock()
         status = 500
+        kind, label = classify(request)
         try:
             try:
-                kind = request_kind(request.method, request.path)
                 if kind is None:
                     response = await handler(request)
                 elif not in_flight.try_enter(kind, started):
@@ -63,6 +77,6 @@ def front_door(metrics: GatewayMetrics, in_flight: InFlight) -> Middleware:
             status = exc.status
             raise
         finally:
-            observe(route_label(request), request.method, status, clock() - started)
+            observe(label, request.method, status, clock() - started)
 
     return front_door_middleware
