@@ -78,8 +78,11 @@ def text_has_card_number(text: str) -> bool:
 
 def text_may_hold_card_number(raw: bytes) -> bool:
     """False only when no value decoded from the JSON text ``raw`` can hold a card
-    number: fewer digits than a card has, no escape and no exponent. Cheaper than
-    decoding and walking it, which most bodies (a hold: two ids and a quantity) skip."""
+    number: ASCII only, fewer digits than a card has, no escape and no exponent.
+    Cheaper than decoding and walking it, which most bodies (a hold: two ids and a
+    quantity) then skip."""
+    if not raw.isascii():  # other scripts' digits: the walk's regex matches them too
+        return True
     folded = raw.translate(_FOLD)
     return folded.count(b"0") >= MIN_PAN_DIGITS or b"\\" in folded or b"0e" in folded
 

@@ -124,6 +124,7 @@ def test_the_byte_pre_check_never_lets_a_card_number_through(
         b'{"a":"\\u0034111111111111111"}',  # digits spelled as escapes
         b'{"a":4.111111111111111e15}',  # a float's digits once decoded
         b'{"a":1E15}',
+        '{"a":"\uff14\uff11\uff11\uff11"}'.encode(),  # full-width digits: the walk decides
     ],
 )
 def test_the_byte_pre_check_sends_suspect_bodies_to_the_full_scan(raw: bytes) -> None:
