@@ -169,6 +169,13 @@ class GatewayMetrics:
             "Times the edge cache was reset from a feed snapshot",
             registry=r,
         )
+        self.gc_pause_seconds = Histogram(
+            "flashsale_gateway_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation (cluster/heap.py)",
+            ["generation"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
 
     def response(self) -> web.Response:
         """The Prometheus text exposition of every metric."""

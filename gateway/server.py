@@ -21,6 +21,7 @@ from aiohttp import web
 
 from cluster.client import ClusterClient
 from cluster.config import ClusterConfig
+from cluster.heap import kept_heap
 from cluster.logs import setup_logging
 from gateway.admission import add_admission
 from gateway.api import add_routes
@@ -146,6 +147,13 @@ async def _cluster_client(app: web.Application) -> AsyncIterator[None]:
     await app[STATE].cluster.close()
 
 
+async def _heap_keeper(app: web.Application) -> AsyncIterator[None]:
+    # The edge cache, the tokens and bodies remembered and the open connections are
+    # long-lived: kept out of the collector's full passes (cluster/heap.py).
+    async with kept_heap(app[STATE].metrics.gc_pause_seconds):
+        yield
+
+
 async def _feed_follower(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.get_running_loop().create_task(app[STATE].follower.run(), name="feed")
     yield
@@ -167,6 +175,7 @@ def main(config: ClusterConfig, gateway_id: str) -> None:
     listen = config.gateway(gateway_id).listen
     ssl_context = server_context(config.gateway_settings, listen)
     app = create_app(config, gateway_id)
+    app.cleanup_ctx.append(_heap_keeper)  # this process's heap: see cluster/heap.py
     loop = uvloop.new_event_loop()
     log.info(
         "gateway starting",

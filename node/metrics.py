@@ -58,6 +58,13 @@ class NodeMetrics:
         self.in_flight = Gauge(
             "flashsale_node_proposals_in_flight", "Proposals awaiting their commit", registry=r
         )
+        self.gc_pause_seconds = Histogram(
+            "flashsale_node_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector, by generation (cluster/heap.py)",
+            ["generation"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
         self.journal_sync_seconds = Histogram(
             "flashsale_node_journal_sync_seconds",
             "fdatasync of the Raft journal",

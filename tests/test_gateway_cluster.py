@@ -4,6 +4,7 @@ Raft cluster (tests/support/cluster.py), everything over real HTTP."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -112,6 +113,12 @@ async def test_shopping_through_the_gateway(local_cluster: Callable[..., LocalCl
     base = _base(cluster)
     async with aiohttp.ClientSession() as session:
         await _ready(session, base)
+        # Both kinds of process keep their heaps (cluster/heap.py): the keeper's first
+        # pass is a full collection, observed at once.
+        gc_full = 'gc_pause_seconds_count{generation="2"}'
+        assert await _metric(session, base, "flashsale_gateway_" + gc_full) >= 1
+        node_text = cluster.metrics(cluster.wait_for_leader())
+        assert re.search(r"flashsale_node_" + re.escape(gc_full) + r" [1-9]", node_text)
         alice = Shopper(session, base, cluster.secret, "alice")
         mallory = Shopper(session, base, cluster.secret, "mallory")
 
