@@ -24,6 +24,9 @@ from ledger.limits import MAX_COMMANDS_PER_ENTRY
 
 DEV_SECRET = "dev-insecure-change-me"
 ENV_PREFIX = "FLASHSALE_"
+# [gateway] loop_lag_tick_ms, when on: finer is noise (libuv rounds timers to 1 ms),
+# coarser than a second would see a starved loop too late to shed anything in time.
+MIN_LOOP_LAG_TICK_MS, MAX_LOOP_LAG_TICK_MS = 5, 1000
 
 
 class ConfigError(ValueError):
@@ -118,8 +121,12 @@ class GatewaySettings:
     max_in_flight_writes: int = 256
     # POST /payment waits on its provider (seconds), not on the cluster: a cap of its own.
     max_in_flight_payments: int = 2048
-    # The write cap adapts so that writes are answered within about this (p90); 0: fixed.
+    # The write cap adapts so that writes are answered within about this (p90 handling
+    # time plus the event loop's lag); 0: fixed.
     write_latency_target_ms: int = 250
+    # The event loop's lag is measured by a timer due this often; 0: not measured (the
+    # write cap then sees handling time only).
+    loop_lag_tick_ms: int = 25
     feed_wait_ms: int = 10_000  # long-poll wait of the edge cache's feed requests
     token_ttl_s: int = 86_400  # lifetime of shopper tokens issued by `flashsale token`
     tls_cert: Path | None = None  # PEM certificate chain; with tls_key the gateways serve HTTPS
@@ -505,8 +512,9 @@ def build_config(
         )
         for i, g in enumerate(data.get("gateways", []))
     )
-    admin = AdminConfig(parse_hostport(data.get("admin", {}).get("listen", "127.0.0.1:8081"),
-                                       "admin.listen"))
+    admin = AdminConfig(
+        parse_hostport(data.get("admin", {}).get("listen", "127.0.0.1:8081"), "admin.listen")
+    )
     storage_url = _str(data.get("storage", {}), "url", "storage", "sqlite:///var/orders.db")
     if storage_url.startswith("sqlite:///") and not storage_url.startswith("sqlite:////"):
         rel = storage_url.removeprefix("sqlite:///")
@@ -617,6 +625,7 @@ def _gateway_settings(g: Mapping[str, Any], base_dir: Path) -> GatewaySettings:
         write_latency_target_ms=_int(
             g, "write_latency_target_ms", "gateway", d.write_latency_target_ms, 0
         ),
+        loop_lag_tick_ms=_int(g, "loop_lag_tick_ms", "gateway", d.loop_lag_tick_ms, 0),
         feed_wait_ms=_int(g, "feed_wait_ms", "gateway", d.feed_wait_ms, 0),
         token_ttl_s=_int(g, "token_ttl_s", "gateway", d.token_ttl_s, 1),
         tls_cert=_optional_path(g, "tls_cert", "gateway", base_dir),
@@ -633,6 +642,13 @@ def _gateway_settings(g: Mapping[str, Any], base_dir: Path) -> GatewaySettings:
     if settings.feed_wait_ms > 30_000:
         raise ConfigError(
             f"gateway.feed_wait_ms={settings.feed_wait_ms}: nodes long-poll at most 30000 ms"
+        )
+    if settings.loop_lag_tick_ms and not (
+        MIN_LOOP_LAG_TICK_MS <= settings.loop_lag_tick_ms <= MAX_LOOP_LAG_TICK_MS
+    ):
+        raise ConfigError(
+            f"gateway.loop_lag_tick_ms={settings.loop_lag_tick_ms}: expected 0 (off) or "
+            f"{MIN_LOOP_LAG_TICK_MS}..{MAX_LOOP_LAG_TICK_MS}"
         )
     if settings.max_in_flight_writes >= settings.max_in_flight_requests:
         raise ConfigError(
@@ -768,8 +784,10 @@ def _payments(p: Mapping[str, Any]) -> PaymentsConfig:
     stripe_key = _secret(p, "stripe_api_key", DEV_STRIPE_API_KEY)
     paypal_secret = _secret(p, "paypal_client_secret", DEV_PAYPAL_CLIENT_SECRET)
     if stripe_key is None or paypal_secret is None:
-        raise ConfigError("payments.stripe_api_key and payments.paypal_client_secret: "
-                          "expected a non-empty string (value hidden)")
+        raise ConfigError(
+            "payments.stripe_api_key and payments.paypal_client_secret: "
+            "expected a non-empty string (value hidden)"
+        )
     config = PaymentsConfig(
         providers=tuple(raw),
         charge_timeout_ms=_int(p, "charge_timeout_ms", "payments", d.charge_timeout_ms, 100),
@@ -815,9 +833,7 @@ def _notifier_text(table: Mapping[str, Any], key: str, default: str) -> str:
     return value.strip()
 
 
-def _notifier(
-    n: Mapping[str, Any], base_dir: Path, data_dir: Path, mode: str
-) -> NotifierConfig:
+def _notifier(n: Mapping[str, Any], base_dir: Path, data_dir: Path, mode: str) -> NotifierConfig:
     d = NotifierConfig()
     listen = n.get("listen")
     outbox = Path(_str(n, "outbox", "notifier", str(d.outbox)))

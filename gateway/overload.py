@@ -32,23 +32,41 @@ per interval), under it it grows (at most 25 % per interval), always between
 ``MIN_WRITE_LIMIT`` and ``max_in_flight_writes``; an interval in which writes were in
 flight and none was answered halves it. By Little's law the cap settles where writes
 wait about the target, whatever the machine. When the time comes from the process's own
-CPU rather than from its queue, shrinking cannot help, and the floor keeps writes (the
-requests a sale is about) flowing. ``write_latency_target_ms = 0`` keeps the fixed cap.
+CPU rather than from its queue, the floor keeps writes (the requests a sale is about)
+flowing. ``write_latency_target_ms = 0`` keeps the fixed cap.
+
+The handling time is not all a shopper waits: a request whose bytes arrive while the
+event loop is busy (the process's core saturated, or taken by other processes on shared
+cores) waits in the socket buffer until the loop gets round to it, and no handler timer
+sees that. The loop's lag measures it: a timer due every ``loop_lag_tick_ms`` (25 ms)
+notes how late it fires (``LoopLag``; ``flashsale_gateway_event_loop_lag_seconds``).
+The write cap's latency is therefore the interval's worst lag (a tick still overdue
+counts) plus the p90 handling time: when the machine is starved the cap shrinks too,
+fewer writes are taken on, and the work they would have cost the gateway and the Raft
+nodes sharing its cores is not done, while a refusal is cheap. The total cap does not
+follow the lag: a read answered from the edge cache enters and leaves without yielding
+to the loop, so reads in flight stay near zero and a smaller total would refuse nothing
+(and refusing a read saves about what answering it costs). ``loop_lag_tick_ms = 0``:
+no probe, the cap sees handling time only.
 
 Behind these caps, the other bounds still hold: the batcher's ``queue_limit`` and each
 write's ``request_deadline_ms`` (gateway.batcher), and per-client rate limits answered
 429 by the bot defences (gateway.defences). ``request_kind`` and ``InFlightLimits`` are
-pure; ``InFlight`` keeps the counts; the shell is gateway.front_door's middleware.
+pure, and so are ``next_write_limit`` and ``loop_lag``; ``InFlight`` keeps the counts;
+the shells are gateway.front_door's middleware and ``LoopLag``'s timer (started by
+gateway.server).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from aiohttp import web
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from cluster.config import GatewaySettings
@@ -131,21 +149,100 @@ def next_write_limit(
     *,
     stalled: bool,
     ceiling: int,
+    lag_s: float = 0.0,
 ) -> float:
     """The write cap for the next interval, from the writes answered in the last one.
 
     ``durations_s``: their handling times; ``stalled``: writes were in flight all
-    interval and none was answered. Pure.
+    interval and none was answered; ``lag_s``: the event loop's worst lag in it, which a
+    shopper waits before any handler runs. Pure.
     """
     if stalled:
         factor = MIN_SHRINK
     elif not durations_s:
-        return limit  # idle: nothing learned
+        return limit  # idle: nothing learned (and no write to spare the machine)
     else:
         ordered = sorted(durations_s)
         p90 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
-        factor = min(MAX_GROWTH, max(MIN_SHRINK, target_s / max(p90, 1e-6)))
+        factor = min(MAX_GROWTH, max(MIN_SHRINK, target_s / max(p90 + lag_s, 1e-6)))
     return min(float(ceiling), max(float(MIN_WRITE_LIMIT), limit * factor))
+
+
+# Up to 5 s: a loop that late is a gateway that has stopped serving anyone in time.
+LAG_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def loop_lag(due: float, now: float) -> float:
+    """How late a timer due at ``due`` runs at ``now``, in the same clock; never negative
+    (libuv rounds timers to the millisecond, so one may fire a little early). Pure."""
+    return max(0.0, now - due)
+
+
+class LoopLag:
+    """The event loop's lag, from a timer due every ``tick_s`` (see the module docstring).
+
+    ``fired`` and ``worst_since`` take the time as arguments (tests drive them); ``start``
+    and ``context`` are the shell that runs the timer on the loop.
+    """
+
+    def __init__(
+        self,
+        tick_s: float,
+        metrics: GatewayMetrics,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.tick_s = tick_s
+        self.due: float | None = None  # when the pending tick should run (clock time)
+        self.worst = 0.0  # the worst lag since the last ``worst_since``
+        self._clock = clock
+        self._handle: asyncio.TimerHandle | None = None
+        self._histogram = Histogram(
+            "flashsale_gateway_event_loop_lag_seconds",
+            f"How late a timer due every {tick_s * 1000:g} ms ran on the gateway's event loop"
+            " (time a request's bytes can wait before the gateway reads them)",
+            buckets=LAG_BUCKETS_S,
+            registry=metrics.registry,
+        )
+
+    def fired(self, now: float) -> float:
+        """The pending tick ran at ``now``: its lag, noted."""
+        lag = loop_lag(self.due, now) if self.due is not None else 0.0
+        self.worst = max(self.worst, lag)
+        self._histogram.observe(lag)
+        return lag
+
+    def worst_since(self, now: float) -> float:
+        """The worst lag since the last call (a tick overdue at ``now`` counts: a loop
+        late by more than an interval must not read as idle), then starts over."""
+        worst = self.worst
+        if self.due is not None:
+            worst = max(worst, loop_lag(self.due, now))
+        self.worst = 0.0
+        return worst
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the timer on ``loop`` until ``stop``."""
+        self.due = self._clock() + self.tick_s
+        self._handle = loop.call_later(self.tick_s, self._tick, loop)
+
+    def stop(self) -> None:
+        """Cancel the pending tick."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None
+        self.due = None
+
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        """An aiohttp cleanup context: the timer runs while the application does."""
+        self.start(asyncio.get_running_loop())
+        yield
+        self.stop()
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        # A plain callback rather than a task with sleep: 40 a second must cost nothing.
+        self.fired(self._clock())
+        self.start(loop)
 
 
 class InFlight:
@@ -157,8 +254,10 @@ class InFlight:
         metrics: GatewayMetrics,
         *,
         write_latency_target_ms: int = 0,
+        lag: LoopLag | None = None,
     ) -> None:
         self.limits = limits
+        self.lag = lag
         self.reads = 0
         self.writes = 0
         self.payments = 0
@@ -240,6 +339,7 @@ class InFlight:
             self.target_s,
             stalled=stalled,
             ceiling=self.limits.max_writes,
+            lag_s=self.lag.worst_since(now) if self.lag is not None else 0.0,
         )
         self._limit_gauge.set(self.write_limit)
         self._durations = []

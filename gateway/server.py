@@ -33,7 +33,7 @@ from gateway.defences import add_defences
 from gateway.edge_cache import FEED_TIMEOUT_MARGIN_S, EdgeCache, FeedFetch, FeedFollower
 from gateway.front_door import front_door
 from gateway.metrics import GatewayMetrics
-from gateway.overload import InFlight, InFlightLimits
+from gateway.overload import InFlight, InFlightLimits, LoopLag
 from gateway.payment import add_payments
 from gateway.shop import add_shop
 from gateway.state import STATE, GatewayState
@@ -112,10 +112,14 @@ def create_app(
         follower=follower,
         metrics=metrics,
     )
+    # How long requests wait for the event loop, which no handler timer sees; the write
+    # cap counts it (gateway.overload).
+    lag = LoopLag(settings.loop_lag_tick_ms / 1000, metrics) if settings.loop_lag_tick_ms else None
     in_flight = InFlight(
         InFlightLimits.from_settings(settings),
         metrics,
         write_latency_target_ms=settings.write_latency_target_ms,
+        lag=lag,
     )
     app = web.Application(
         # Metrics, problem+json and overload shedding (before any work is done) as one
@@ -134,6 +138,8 @@ def create_app(
     app.cleanup_ctx.append(_cluster_client)
     app.cleanup_ctx.append(_feed_follower)
     app.cleanup_ctx.append(_batcher)
+    if lag is not None:
+        app.cleanup_ctx.append(lag.context)
     add_payments(app, state)  # after the batcher: its reconciler stops before the batcher
     add_shop(app, state)
     add_subscriptions(app, state)

@@ -224,6 +224,7 @@ class Phase:
     client_lag_ms: float = 0.0  # how late the arrival loop ran at worst (client starved)
     gateway_p99_ms: float = 0.0  # p99 of the gateway's own handling time (its histogram)
     write_limit_at_end: float | None = None  # the gateway's adaptive write cap then
+    gateway_lag_p99_ms: float = 0.0  # p99 of its event loop's lag (a bucket's bound)
 
     @property
     def served_share(self) -> float:
@@ -379,13 +380,29 @@ _BUCKET = re.compile(
 )
 
 
+_LAG_BUCKET = re.compile(
+    r'^flashsale_gateway_event_loop_lag_seconds_bucket\{le="([^"]*)"\} (\S+)$', re.M
+)
+
+
 def _gateway_buckets(url: str) -> dict[tuple[str, float], float]:
-    """The gateway's own request-duration histogram (handler time, inside the gateway)."""
+    """The gateway's own request-duration histogram (handler time, inside the gateway),
+    and its event-loop lag histogram (as route "lag")."""
+    text = _metrics(url)
     out: dict[tuple[str, float], float] = {}
-    for le, route, value in _BUCKET.findall(_metrics(url)):
+    for le, route, value in _BUCKET.findall(text):
         if route in GATEWAY_ROUTES:
             out[(route, float(le))] = float(value)
+    for le, value in _LAG_BUCKET.findall(text):
+        out[("lag", float(le))] = float(value)
     return out
+
+
+def _split_lag(
+    buckets: dict[tuple[str, float], float],
+) -> tuple[dict[tuple[str, float], float], dict[tuple[str, float], float]]:
+    routes = {k: v for k, v in buckets.items() if k[0] != "lag"}
+    return routes, {k: v for k, v in buckets.items() if k[0] == "lag"}
 
 
 def _bucket_p99_ms(
@@ -438,9 +455,7 @@ def _sustained(phase: Phase, p99_ms: float) -> bool:
     )
 
 
-async def _drive(
-    args: argparse.Namespace, cluster: LocalCluster, results: Results
-) -> None:
+async def _drive(args: argparse.Namespace, cluster: LocalCluster, results: Results) -> None:
     listen = cluster.config.gateways[0].listen
     http = Http(listen.host, listen.port, args.max_connections)
     sample = _sampler(cluster)
@@ -467,7 +482,11 @@ async def _drive(
             before = await asyncio.to_thread(_gateway_buckets, url)
             phase = await run_phase(http, requests, Phase(name, phase_rate, seconds), sample)
             after = await asyncio.to_thread(_gateway_buckets, url)
-            phase.gateway_p99_ms = _bucket_p99_ms(before, after)
+            (routes_before, lag_before), (routes_after, lag_after) = map(
+                _split_lag, (before, after)
+            )
+            phase.gateway_p99_ms = _bucket_p99_ms(routes_before, routes_after)
+            phase.gateway_lag_p99_ms = _bucket_p99_ms(lag_before, lag_after)
             text = await asyncio.to_thread(_metrics, url)
             phase.write_limit_at_end = _metric_sum(text, "flashsale_gateway_write_limit").get("")
             results.phases.append(phase)
@@ -535,7 +554,8 @@ def bench(args: argparse.Namespace) -> Results:
             k: v
             for k, v in (("max_in_flight_requests", args.max_in_flight_requests),
                          ("max_in_flight_writes", args.max_in_flight_writes),
-                         ("write_latency_target_ms", args.write_latency_target_ms))
+                         ("write_latency_target_ms", args.write_latency_target_ms),
+                         ("loop_lag_tick_ms", args.loop_lag_tick_ms))
             if v is not None
         }  # fmt: skip
         cluster = LocalCluster(Path(tmp), 3, gateways=1, gateway_settings=limits or None)
@@ -557,8 +577,11 @@ def bench(args: argparse.Namespace) -> Results:
             uvloop.run(_drive(args, cluster, results))
             client_after = resource.getrusage(resource.RUSAGE_SELF)
             results.client_cpu_s = round(
-                client_after.ru_utime + client_after.ru_stime
-                - client_before.ru_utime - client_before.ru_stime, 1
+                client_after.ru_utime
+                + client_after.ru_stime
+                - client_before.ru_utime
+                - client_before.ru_stime,
+                1,
             )
             results.cpu_s = {k: round(_cpu_s(v) - cpu_before[k], 1) for k, v in pids.items()}
             results.vm_hwm_mb = {
@@ -653,6 +676,12 @@ def report(results: Results) -> str:
         f"sustainable rate: {results.sustainable_rate:,.0f} requests/s",
         f"load generator CPU s (this process, same cores): {results.client_cpu_s}",
         "gateway write cap at the end of each phase: " + caps,
+        "gateway event-loop lag p99 per phase (bucket bound, ms): "
+        + ", ".join(
+            f"{p.name} {p.gateway_lag_p99_ms:,.0f}"
+            for p in results.phases
+            if not p.name.startswith("ramp")
+        ),
         f"gateway counters: {json.dumps(results.gateway_counters)}",
         f"node admission refusals: {json.dumps(results.node_refusals)}",
         f"sale: {json.dumps(results.sale)}",
@@ -672,17 +701,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ramp-start", type=float, default=100.0, help="first ramp rate, req/s")
     parser.add_argument("--ramp-steps", type=int, default=10, help="at most this many steps")
     parser.add_argument("--ramp-seconds", type=float, default=10.0, help="length of a step")
-    parser.add_argument("--p99-ms", type=float, default=500.0,
-                        help="a sustained step's p99 of served requests stays under this")
+    parser.add_argument(
+        "--p99-ms",
+        type=float,
+        default=500.0,
+        help="a sustained step's p99 of served requests stays under this",
+    )
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--recovery-seconds", type=float, default=10.0)
     parser.add_argument("--max-connections", type=int, default=4000)
-    parser.add_argument("--max-in-flight-requests", type=int,
-                        help="[gateway] max_in_flight_requests (default: the config's)")
-    parser.add_argument("--max-in-flight-writes", type=int,
-                        help="[gateway] max_in_flight_writes (default: the config's)")
-    parser.add_argument("--write-latency-target-ms", type=int,
-                        help="[gateway] write_latency_target_ms (default: the config's)")
+    parser.add_argument(
+        "--max-in-flight-requests",
+        type=int,
+        help="[gateway] max_in_flight_requests (default: the config's)",
+    )
+    parser.add_argument(
+        "--max-in-flight-writes",
+        type=int,
+        help="[gateway] max_in_flight_writes (default: the config's)",
+    )
+    parser.add_argument(
+        "--write-latency-target-ms",
+        type=int,
+        help="[gateway] write_latency_target_ms (default: the config's)",
+    )
+    parser.add_argument(
+        "--loop-lag-tick-ms",
+        type=int,
+        help="[gateway] loop_lag_tick_ms (default: the config's; 0: the write"
+        " cap does not count the event loop's lag)",
+    )
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)
     print(f"machine: {_machine()}; load average {_loadavg()}", flush=True)

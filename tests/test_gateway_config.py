@@ -56,6 +56,8 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ("request_deadline_ms", 10, "integer >= 100"),
         ("feed_wait_ms", 30_001, "30000"),
         ("token_ttl_s", "long", "integer"),
+        ("loop_lag_tick_ms", 4, r"0 \(off\) or 5\.\.1000"),
+        ("loop_lag_tick_ms", 1001, r"0 \(off\) or 5\.\.1000"),
     ],
 )
 def test_out_of_range_values_name_the_key(

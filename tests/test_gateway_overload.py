@@ -7,6 +7,8 @@ opens, so "how many are in flight" is exact, not a matter of timing.
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cluster.client import SubmitResult
 from cluster.config import ConfigError
@@ -23,6 +27,8 @@ from gateway.overload import (
     MIN_WRITE_LIMIT,
     InFlight,
     InFlightLimits,
+    LoopLag,
+    loop_lag,
     next_write_limit,
     request_kind,
 )
@@ -272,3 +278,140 @@ async def test_an_overloaded_cluster_is_answered_as_try_later_not_as_a_missing_l
     assert headers["Idempotency-Key"] == "k1"  # retry with it: nothing was applied
     status, _, _ = await shop.reserve("alice", "p1", key="k1")
     assert status == 200
+
+
+# -- the event loop's lag ------------------------------------------------------------------
+
+
+def test_the_loop_lag_is_how_late_a_timer_ran() -> None:
+    assert loop_lag(due=10.0, now=10.25) == pytest.approx(0.25)
+    assert loop_lag(due=10.0, now=10.0) == 0.0
+    assert loop_lag(due=10.0, now=9.999) == 0.0  # libuv rounds: a timer may run early
+
+
+@pytest.mark.parametrize(
+    ("limit", "p90_s", "lag_s", "expected"),
+    [
+        (256, 0.05, 0.0, 256),  # fast writes, an idle loop: at the ceiling
+        (256, 0.05, 0.2, 256),  # 50 + 200 ms: on the target, unchanged
+        (256, 0.05, 0.45, 128),  # 50 + 450 ms: twice the target, halved
+        (256, 0.05, 3.0, 128),  # at most halved per interval
+        (100, 0.05, 0.15, 125),  # 50 + 150 ms, under the target: grows by at most 25 %
+        (200, 0.10, 0.30, 125),  # 100 + 300 ms: x 250/400
+        (40, 0.05, 1.0, MIN_WRITE_LIMIT),  # never below the floor
+    ],
+)
+def test_the_write_cap_counts_the_loop_lag_with_the_handling_time(
+    limit: float, p90_s: float, lag_s: float, expected: float
+) -> None:
+    durations = [p90_s] * 10
+    got = next_write_limit(limit, durations, 0.25, stalled=False, ceiling=256, lag_s=lag_s)
+    assert got == pytest.approx(expected)
+
+
+def test_an_idle_or_stalled_interval_is_decided_as_without_lag() -> None:
+    # No write answered and none in flight: there is no write to spare the machine.
+    assert next_write_limit(128, [], 0.25, stalled=False, ceiling=256, lag_s=2.0) == 128
+    assert next_write_limit(128, [], 0.25, stalled=True, ceiling=256, lag_s=2.0) == 64
+
+
+@given(
+    limit=st.floats(MIN_WRITE_LIMIT, 256),
+    durations=st.lists(st.floats(0.0, 10.0), max_size=50),
+    lags=st.tuples(st.floats(0.0, 10.0), st.floats(0.0, 10.0)),
+    stalled=st.booleans(),
+)
+def test_more_lag_never_admits_more_writes(
+    limit: float, durations: list[float], lags: tuple[float, float], stalled: bool
+) -> None:
+    low, high = sorted(lags)
+    at_low = next_write_limit(limit, durations, 0.25, stalled=stalled, ceiling=256, lag_s=low)
+    at_high = next_write_limit(limit, durations, 0.25, stalled=stalled, ceiling=256, lag_s=high)
+    assert MIN_WRITE_LIMIT <= at_high <= at_low <= 256
+    # No lag: exactly the cap from the handling time alone.
+    assert next_write_limit(
+        limit, durations, 0.25, stalled=stalled, ceiling=256, lag_s=0.0
+    ) == next_write_limit(limit, durations, 0.25, stalled=stalled, ceiling=256)
+
+
+def test_the_worst_lag_of_an_interval_counts_a_tick_still_overdue() -> None:
+    lag = LoopLag(0.025, GatewayMetrics())
+    lag.due = 1.0
+    assert lag.fired(1.1) == pytest.approx(0.1)
+    lag.due = 1.125
+    assert lag.fired(1.13) == pytest.approx(0.005)
+    assert lag.worst_since(1.13) == pytest.approx(0.1)  # the worst, then starts over
+    lag.due = 1.155
+    assert lag.worst_since(1.16) == pytest.approx(0.005)
+    # The next tick has not run 600 ms after it was due: the loop is that late now.
+    assert lag.worst_since(1.755) == pytest.approx(0.6)
+
+
+def test_a_starved_loop_lowers_the_write_cap_though_writes_are_handled_fast() -> None:
+    metrics = GatewayMetrics()
+    lag = LoopLag(0.025, metrics)
+    in_flight = InFlight(InFlightLimits(1024, 256), metrics, write_latency_target_ms=250, lag=lag)
+    now = 0.0
+    assert in_flight.try_enter("read", now)  # opens the first interval
+    lag.due = now + 0.025
+    lag.fired(now + 0.525)  # the loop ran 500 ms late
+    for _ in range(20):
+        assert in_flight.try_enter("write", now)
+        in_flight.leave("write", 0.01)  # each handled in 10 ms: the handlers saw nothing
+    now += 0.6
+    lag.due = now
+    lag.fired(now)  # the next tick ran on time
+    assert in_flight.try_enter("read", now)
+    assert in_flight.write_limit == 128  # 10 + 500 ms over a 250 ms target: halved
+    for _ in range(20):
+        assert in_flight.try_enter("write", now)
+        in_flight.leave("write", 0.01)
+    now += 0.25
+    lag.due = now  # and the one after it is due just now
+    assert in_flight.try_enter("read", now)
+    assert in_flight.write_limit == pytest.approx(160)  # the loop caught up: +25 %
+
+
+async def test_the_timer_sees_a_blocked_loop() -> None:
+    lag = LoopLag(0.01, GatewayMetrics())
+    lag.start(asyncio.get_running_loop())
+    try:
+        await asyncio.sleep(0.03)
+        time.sleep(0.1)  # the point: a callback that holds the loop
+        await asyncio.sleep(0.03)
+        assert lag.worst_since(time.perf_counter()) >= 0.08
+    finally:
+        lag.stop()
+    assert lag.due is None
+
+
+async def test_the_gateway_exposes_its_loop_lag(shop: Shop) -> None:
+    await asyncio.sleep(0.1)  # a few ticks of the default 25 ms
+    text = await (await shop.client.get("/metrics")).text()
+    found = re.search(r"^flashsale_gateway_event_loop_lag_seconds_count (\S+)$", text, re.M)
+    assert found and float(found.group(1)) >= 1
+    assert 'flashsale_gateway_event_loop_lag_seconds_bucket{le="0.025"}' in text
+
+
+def test_the_lag_tick_is_configurable_and_validated(tmp_path: Path) -> None:
+    assert _config(tmp_path).gateway_settings.loop_lag_tick_ms == 25
+    assert _config(tmp_path, loop_lag_tick_ms=0).gateway_settings.loop_lag_tick_ms == 0
+    assert _config(tmp_path, loop_lag_tick_ms=1000).gateway_settings.loop_lag_tick_ms == 1000
+    for bad in (4, 1001):
+        with pytest.raises(ConfigError, match=f"gateway.loop_lag_tick_ms={bad}: expected 0"):
+            _config(tmp_path, loop_lag_tick_ms=bad)
+    with pytest.raises(ConfigError, match="loop_lag_tick_ms=-1"):
+        _config(tmp_path, loop_lag_tick_ms=-1)
+
+
+async def test_without_a_tick_there_is_no_lag_probe(tmp_path: Path) -> None:
+    config = _config(tmp_path, loop_lag_tick_ms=0)
+    client: TestClient[Any, Any] = TestClient(
+        TestServer(create_app(config, "g1", cluster=InProcessCluster(config)))
+    )
+    await client.start_server()
+    try:
+        text = await (await client.get("/metrics")).text()
+        assert "flashsale_gateway_event_loop_lag_seconds" not in text
+    finally:
+        await client.close()
