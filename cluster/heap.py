@@ -35,10 +35,13 @@ from collections.abc import AsyncIterator, Callable
 from enum import Enum
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry, Histogram
+
 log = logging.getLogger("cluster.heap")
 
 FREEZE_INTERVAL_S = 2.0  # young survivors are frozen this often (a pause of a few ms)
 FULL_INTERVAL_S = 3600.0  # everything unfrozen and collected in full this often
+PAUSE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Action(Enum):
@@ -102,6 +105,17 @@ class HeapKeeper:
 
 class _Observer(Protocol):
     def labels(self, *values: str) -> Any: ...
+
+
+def pause_histogram(prefix: str, registry: CollectorRegistry) -> Histogram:
+    """``<prefix>_gc_pause_seconds``, by generation: what ``watch_pauses`` feeds."""
+    return Histogram(
+        f"{prefix}_gc_pause_seconds",
+        "Pauses of Python's cyclic garbage collector, by generation (cluster/heap.py)",
+        ["generation"],
+        buckets=PAUSE_BUCKETS_S,
+        registry=registry,
+    )
 
 
 def watch_pauses(histogram: _Observer) -> Callable[[], None]:

@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from cluster.heap import pause_histogram
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -169,13 +171,7 @@ class GatewayMetrics:
             "Times the edge cache was reset from a feed snapshot",
             registry=r,
         )
-        self.gc_pause_seconds = Histogram(
-            "flashsale_gateway_gc_pause_seconds",
-            "Pauses of Python's cyclic garbage collector, by generation (cluster/heap.py)",
-            ["generation"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=r,
-        )
+        self.gc_pause_seconds = pause_histogram("flashsale_gateway", r)
 
     def response(self) -> web.Response:
         """The Prometheus text exposition of every metric."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from cluster.heap import pause_histogram
+
 ROLES = ("leader", "follower", "candidate")
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
@@ -58,13 +60,7 @@ class NodeMetrics:
         self.in_flight = Gauge(
             "flashsale_node_proposals_in_flight", "Proposals awaiting their commit", registry=r
         )
-        self.gc_pause_seconds = Histogram(
-            "flashsale_node_gc_pause_seconds",
-            "Pauses of Python's cyclic garbage collector, by generation (cluster/heap.py)",
-            ["generation"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=r,
-        )
+        self.gc_pause_seconds = pause_histogram("flashsale_node", r)
         self.journal_sync_seconds = Histogram(
             "flashsale_node_journal_sync_seconds",
             "fdatasync of the Raft journal",
