@@ -7,7 +7,6 @@ hints) with behaviour a test scripts per request; the client under test talks re
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from cluster.errors import (
     Unauthorized,
     Unreachable,
 )
+from tests.support.cluster import free_ports
 
 SECRET = "test-secret-for-the-client-routing-tests"
 PROBLEM = "application/problem+json"
@@ -139,20 +139,19 @@ async def start(node: FakeNode) -> None:
     node.port = node.runner.addresses[0][1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def config_for(ports: dict[str, int], secret: str = SECRET) -> ClusterConfig:
+def config_for(
+    ports: dict[str, int], secret: str = SECRET, spare: list[int] | None = None
+) -> ClusterConfig:
+    """A config whose nodes' APIs are ``ports``; Raft and console ports from ``spare``
+    (len(ports) + 1 of them, chosen together so that none is handed out twice)."""
+    spare = spare if spare is not None else free_ports(len(ports) + 1)
     data = {
         "cluster": {"secret": secret},
         "nodes": [
-            {"id": nid, "raft": f"127.0.0.1:{free_port()}", "api": f"127.0.0.1:{port}"}
-            for nid, port in ports.items()
+            {"id": nid, "raft": f"127.0.0.1:{raft}", "api": f"127.0.0.1:{port}"}
+            for (nid, port), raft in zip(ports.items(), spare, strict=False)
         ],
-        "admin": {"listen": f"127.0.0.1:{free_port()}"},
+        "admin": {"listen": f"127.0.0.1:{spare[len(ports)]}"},
     }
     return build_config(data, Path("/tmp"))
 
@@ -179,9 +178,12 @@ async def make_cluster() -> AsyncIterator[Callable[..., Any]]:
             await start(n)
             started.append(n)
         ports = {n.id: n.port for n in nodes}
-        ports.update({d: free_port() for d in dead})  # nothing listens there
+        # Every port these need chosen at once: chosen one by one (each socket closed
+        # before the next is bound), the kernel could hand the same one out twice.
+        spare = free_ports(len(dead) + len(ports) + len(dead) + 1)
+        ports.update(zip(dead, spare, strict=False))  # nothing listens there
         order = {nid: ports[nid] for nid in sorted(ports)}
-        config = config_for(order, secret)
+        config = config_for(order, secret, spare[len(dead) :])
         client = ClusterClient(config, request_timeout_s=request_timeout_s)
         clients.append(client)
         return Cluster({n.id: n for n in nodes}, config, client)
