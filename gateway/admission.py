@@ -1,6 +1,6 @@
 """Waiting-room admission and proof of work on writes (docs/BOTS.md).
 
-Theory of operation: ``admission_middleware`` runs after gateway.defences (lists, rate
+Theory of operation: ``admission_guard`` runs after gateway.defences (lists, rate
 limits, heuristics) and looks at writes only. With the waiting room on, every write
 (add-to-cart, reserve-inventory, checkout, payment, release) needs ``X-Admission``, an
 admission token of a ticket the room admitted (bots.room); with proof of work on, the
@@ -44,6 +44,7 @@ from bots.room import AdmissionExpired, Place, QueueNotOpen, RoomUnavailable, Wa
 from bots.tickets import InvalidTicket, queue_key
 from bots.waiting_room import opening_s
 from cluster.config import BotsConfig
+from gateway import front_door
 from gateway.defences import BOTS
 from gateway.identity import InvalidToken, bearer_user
 from gateway.metrics import GatewayMetrics
@@ -79,7 +80,7 @@ STATS_REFRESH_S = 1.0  # the console's queue numbers are at most this old
 
 @dataclass(slots=True)
 class Gate:
-    """What the middleware and the routes share (one per gateway application)."""
+    """What the guard and the routes share (one per gateway application)."""
 
     config: BotsConfig
     secret: str
@@ -166,8 +167,7 @@ async def _check_challenge(gate: Gate, request: web.Request, now: float) -> None
         _note(request, gate, "fast-write", now)
 
 
-@web.middleware
-async def admission_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def admission_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Admission token on writes, proof of work on holds (see the module docstring)."""
     gate = request.app.get(GATE)
     kind = None if gate is None else _write_kind(request)
@@ -273,7 +273,7 @@ async def queue_status(request: web.Request) -> web.Response:
 
 
 def add_admission(app: web.Application, state: GatewayState) -> None:
-    """Attach the routes and the middleware (when a defence of its is on).
+    """Attach the routes and the guard (when a defence of its is on).
 
     Call after gateway.defences has put its state on the app (its policy is shared)."""
     config = state.config.bots
@@ -301,10 +301,15 @@ def add_admission(app: web.Application, state: GatewayState) -> None:
     if bots is not None:
         bots.waiting_room = gate.room  # the internal API's "queue" numbers
     if config.active("challenge") or config.active("waiting_room"):
-        app.middlewares.append(admission_middleware)
-    app.router.add_get("/challenge", get_challenge, allow_head=False)
-    app.router.add_post("/queue", join_queue)
-    app.router.add_get("/queue/{ticket}", queue_status, allow_head=False)
+        front_door.add_guard(app, admission_guard)
+    front_door.add_routes(
+        app,
+        [
+            web.get("/challenge", get_challenge, allow_head=False),
+            web.post("/queue", join_queue),
+            web.get("/queue/{ticket}", queue_status, allow_head=False),
+        ],
+    )
     if config.active("waiting_room"):
         app.cleanup_ctx.append(_stats_refresher)
 

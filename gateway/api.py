@@ -22,7 +22,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from cluster.errors import ClusterError, NotFound
-from gateway import shapes
+from gateway import front_door, shapes
 from gateway.bodies import parse_checkout, parse_id, read_body, read_json, reserve_body
 from gateway.idempotency import HEADER, ledger_key, new_client_key, valid_client_key
 from gateway.identity import InvalidToken, bearer_user
@@ -470,18 +470,23 @@ async def openapi(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Every public route of the gateway (the OpenAPI document describes each)."""
-    app.router.add_post("/add-to-cart", reserve_inventory)  # the same hold
-    app.router.add_post("/reserve-inventory", reserve_inventory)
-    app.router.add_post("/checkout", checkout)
-    app.router.add_post("/payment", payment)
-    app.router.add_post("/webhooks/{provider}", webhook)
-    app.router.add_get("/inventory/{product_id}", inventory, allow_head=False)
-    app.router.add_get("/products", products, allow_head=False)
-    app.router.add_get("/products/{product_id}", product, allow_head=False)
-    app.router.add_get("/cart/{cart_id}", cart, allow_head=False)
-    app.router.add_delete("/cart/{cart_id}/items/{hold_id}", release)
-    app.router.add_get("/orders/{order_id}", order, allow_head=False)
-    app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/readyz", readyz, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_get("/openapi.json", openapi, allow_head=False)
+    front_door.add_routes(
+        app,
+        [
+            web.post("/add-to-cart", reserve_inventory),  # the same hold
+            web.post("/reserve-inventory", reserve_inventory),
+            web.post("/checkout", checkout),
+            web.post("/payment", payment),
+            web.post("/webhooks/{provider}", webhook),
+            web.get("/inventory/{product_id}", inventory, allow_head=False),
+            web.get("/products", products, allow_head=False),
+            web.get("/products/{product_id}", product, allow_head=False),
+            web.get("/cart/{cart_id}", cart, allow_head=False),
+            web.delete("/cart/{cart_id}/items/{hold_id}", release),
+            web.get("/orders/{order_id}", order, allow_head=False),
+            web.get("/healthz", healthz, allow_head=False),
+            web.get("/readyz", readyz, allow_head=False),
+            web.get("/metrics", metrics, allow_head=False),
+            web.get("/openapi.json", openapi, allow_head=False),
+        ],
+    )

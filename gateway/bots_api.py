@@ -21,6 +21,7 @@ from bots.lists import ListFull, normalize
 from bots.policy import LISTS, BotPolicy
 from bots.settings import InvalidSetting, apply_settings, current_settings, parse_settings
 from cluster.auth import check_bearer
+from gateway import front_door
 from gateway.defences import BOTS, BotDefences
 from gateway.metrics import GatewayMetrics
 from gateway.problems import bots_disabled, invalid_bot_settings, unauthorized
@@ -169,6 +170,11 @@ async def post_lists(request: web.Request) -> web.Response:
 
 def add_bots_api(app: web.Application) -> None:
     """The internal bots routes (present with the defences off too: GET says so)."""
-    app.router.add_get("/internal/bots", get_bots, allow_head=False)
-    app.router.add_put("/internal/bots/settings", put_settings)
-    app.router.add_post("/internal/bots/lists", post_lists)
+    front_door.add_routes(
+        app,
+        [
+            web.get("/internal/bots", get_bots, allow_head=False),
+            web.put("/internal/bots/settings", put_settings),
+            web.post("/internal/bots/lists", post_lists),
+        ],
+    )

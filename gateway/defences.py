@@ -1,9 +1,10 @@
 """Lists, rate limits and heuristics in front of every shopper-facing request.
 
 Theory of operation: ``add_defences`` puts one ``BotDefences`` on the app (``BOTS``)
-and appends ``defences_middleware``, only when ``[bots] enabled``; otherwise the gateway
-carries nothing of it. For each guarded request (everything but health, readiness,
-metrics, static assets, payment providers' webhooks and ``/internal/*``), in order:
+and adds ``defences_guard`` to the front door (gateway.front_door), only when ``[bots]
+enabled``; otherwise the gateway carries nothing of it. For each guarded request
+(everything but health, readiness, metrics, static assets, payment providers' webhooks
+and ``/internal/*``), in order:
 
 1. lists: a block-listed IP (or network) or shopper gets 403 ``blocked``; an
    allow-listed one skips the rest (gateway.admission still applies);
@@ -44,6 +45,7 @@ from bots.policy import BotPolicy
 from bots.policy_store import REFRESH_S, PolicyStore
 from bots.redis_limiter import RedisLimiter
 from bots.redis_link import key_prefix, redis_client
+from gateway import front_door
 from gateway.identity import InvalidToken, bearer_user
 from gateway.metrics import GatewayMetrics
 from gateway.problems import blocked, rate_limited
@@ -115,8 +117,7 @@ def _bearer(secret: str, authorization: str | None) -> tuple[str | None, str | N
     return shopper, authorization.strip().rsplit(".", 1)[-1]
 
 
-@web.middleware
-async def defences_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def defences_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Lists, then rate limits, then heuristics (see the module docstring)."""
     if not guarded(request.path):
         return await handler(request)
@@ -185,11 +186,11 @@ def bot_defences(state: GatewayState) -> BotDefences:
 
 def add_defences(app: web.Application, state: GatewayState) -> None:
     """Put the defences on ``app`` when ``[bots] enabled`` (call before add_admission,
-    whose middleware must run after this one)."""
+    whose guard must run after this one)."""
     if not state.config.bots.enabled:
         return
     app[BOTS] = bot_defences(state)
-    app.middlewares.append(defences_middleware)
+    front_door.add_guard(app, defences_guard)
     app.cleanup_ctx.append(_shared_policy)
 
 

@@ -179,10 +179,3 @@ class GatewayMetrics:
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
-
-def route_label(request: web.Request) -> str:
-    """The route template (``/inventory/{product_id}``), never the raw path (unbounded)."""
-    route = request.match_info.route
-    if route.resource is None:
-        return "unmatched"
-    return route.resource.canonical

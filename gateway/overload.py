@@ -53,8 +53,8 @@ Behind these caps, the other bounds still hold: the batcher's ``queue_limit`` an
 write's ``request_deadline_ms`` (gateway.batcher), and per-client rate limits answered
 429 by the bot defences (gateway.defences). ``request_kind`` and ``InFlightLimits`` are
 pure, and so are ``next_write_limit`` and ``loop_lag``; ``InFlight`` keeps the counts;
-the shells are gateway.front_door's middleware and ``LoopLag``'s timer (started by
-gateway.server).
+the shells are gateway.front_door (around every route's handler) and ``LoopLag``'s
+timer (started by gateway.server).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Every error the gateway answers, as ``application/problem+json`` (RFC 9457).
 
 Theory of operation: handlers raise ``Problem`` (or let a cluster error, an aiohttp
-HTTP exception or a bug escape); the one middleware here turns each into a problem
-document with a stable ``type`` URI. The mapping from ledger refusal reasons and from
-cluster failures (no leader, unknown commit) to HTTP status and type lives in this
-module and nowhere else.
+HTTP exception or a bug escape); ``problem_answer`` (called by the gateway's front
+door, gateway.front_door) turns each into a problem document with a stable ``type``
+URI. The mapping from ledger refusal reasons and from cluster failures (no leader,
+unknown commit) to HTTP status and type lives in this module and nowhere else.
 
 Status choices worth a word:
 - ``not_open``/``closed`` are 409 Conflict, not 403: the shopper is allowed to buy, the
@@ -509,8 +509,8 @@ def problem_answer(request: web.Request, exc: Exception) -> web.Response | None:
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error that leaves a handler into problem+json (the gateway runs this
-    inside gateway.front_door; alone, for applications without metrics or caps)."""
+    """Turn every error that leaves a handler into problem+json, as a middleware (the
+    gateway's front door calls ``problem_answer`` itself, without any middleware)."""
     try:
         return await handler(request)
     except Exception as exc:

@@ -31,7 +31,8 @@ from gateway.bots_api import add_bots_api
 from gateway.cluster_port import ClusterPort
 from gateway.defences import add_defences
 from gateway.edge_cache import FEED_TIMEOUT_MARGIN_S, EdgeCache, FeedFetch, FeedFollower
-from gateway.front_door import front_door
+from gateway.front_door import FrontDoor, add_fallback
+from gateway.front_door import install as install_front_door
 from gateway.metrics import GatewayMetrics
 from gateway.overload import InFlight, InFlightLimits, LoopLag
 from gateway.payment import add_payments
@@ -121,15 +122,13 @@ def create_app(
         write_latency_target_ms=settings.write_latency_target_ms,
         lag=lag,
     )
-    app = web.Application(
-        # Metrics, problem+json and overload shedding (before any work is done) as one
-        # middleware: three cost a measurable share of an edge-cache read.
-        middlewares=[front_door(metrics, in_flight)],
-        client_max_size=MAX_BODY_BYTES,
-    )
+    # No aiohttp middleware: metrics, problem+json, overload shedding and the bot guards
+    # wrap each route's handler (gateway/front_door.py says why).
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
-    # Lists, rate limits and heuristics (only with [bots] enabled): their middleware
-    # comes after the overload and problem ones and before add_admission's.
+    install_front_door(app, FrontDoor(metrics, in_flight))
+    # Lists, rate limits and heuristics (only with [bots] enabled): the first guard,
+    # before add_admission's.
     add_defences(app, state)
     add_bots_api(app)
     add_routes(app)
@@ -143,8 +142,9 @@ def create_app(
     add_payments(app, state)  # after the batcher: its reconciler stops before the batcher
     add_shop(app, state)
     add_subscriptions(app, state)
-    # Last: it shares gateway.defences' state, and its middleware runs after defences'.
+    # Last: it shares gateway.defences' state, and its guard runs after defences'.
     add_admission(app, state)
+    add_fallback(app)  # 404 and 405 through the front door too: after every route
     return app
 
 

@@ -29,6 +29,7 @@ from importlib import resources
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
+from gateway import front_door
 from gateway.guest import guest_session_body, guest_sessions_disabled, guest_sessions_enabled
 from gateway.inventory_stream import InventoryBroadcast, stream_inventory
 from gateway.problems import Problem
@@ -162,9 +163,14 @@ def add_shop(app: web.Application, state: GatewayState) -> None:
         registry=state.metrics.registry,
     )
     app[SHOP] = ShopFront(assets=load_assets(), broadcast=broadcast, guests_issued=guests)
-    app.router.add_get("/", index, allow_head=False)
-    app.router.add_get("/static/{name}", static_asset, allow_head=False)
-    app.router.add_post("/session/guest", guest_session)
-    app.router.add_get("/events/inventory", inventory_events, allow_head=False)
+    front_door.add_routes(
+        app,
+        [
+            web.get("/", index, allow_head=False),
+            web.get("/static/{name}", static_asset, allow_head=False),
+            web.post("/session/guest", guest_session),
+            web.get("/events/inventory", inventory_events, allow_head=False),
+        ],
+    )
     app.cleanup_ctx.append(_broadcast)
     app.on_shutdown.append(_end_streams)

@@ -23,6 +23,7 @@ from aiohttp import web
 from cluster.auth import internal_token
 from cluster.config import ClusterConfig
 from cluster.errors import NotFound
+from gateway import front_door
 from gateway.bodies import (
     EMAIL_PATTERN,
     MAX_EMAIL_LEN,
@@ -184,8 +185,7 @@ async def _link(app: web.Application) -> AsyncIterator[None]:
 def add_subscriptions(app: web.Application, state: GatewayState) -> None:
     """Attach the subscription routes and the notifier client to the gateway."""
     app[NOTIFIER_LINK] = NotifierLink(state.config)
-    app.router.add_post(PATH, subscribe)
-    app.router.add_delete(PATH, unsubscribe)
+    front_door.add_routes(app, [web.post(PATH, subscribe), web.delete(PATH, unsubscribe)])
     app.cleanup_ctx.append(_link)
 
 
