@@ -184,25 +184,28 @@ class Feed:
         return FeedPage(events, last)
 
     async def wait_newer(self, index: int, timeout_s: float) -> bool:
-        """Wait until an index above ``index`` is published (or a reset, or close).
+        """Wait until an index above ``index`` is published (or a reset past it, or close).
 
-        Returns False on timeout.
+        Returns False on timeout. A wake-up for a publish at or below ``index`` (a
+        reader ahead of this node, a follower still catching up) waits on: answering
+        it would only hand the reader an empty page and a poll to make again.
         """
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._closed or self._base + len(self._chunks) > index:
-                return True
-            self._waiters.add(fut)
         try:
             async with asyncio.timeout(timeout_s):
-                await fut
-            return True
+                while True:
+                    fut: asyncio.Future[None] = loop.create_future()
+                    with self._lock:
+                        if self._closed or self._base + len(self._chunks) > index:
+                            return True
+                        self._waiters.add(fut)
+                    try:
+                        await fut
+                    finally:
+                        with self._lock:
+                            self._waiters.discard(fut)
         except TimeoutError:
             return False
-        finally:
-            with self._lock:
-                self._waiters.discard(fut)
 
     def _wake_all(self) -> None:
         with self._lock:

@@ -117,6 +117,30 @@ async def test_long_poll_returns_at_once_when_newer_exists_and_times_out_otherwi
     assert await feed.wait_newer(2, 0.05) is False
 
 
+async def test_a_long_poll_ahead_of_the_feed_waits_past_publishes_below_its_index() -> None:
+    # A reader at 3 polling a follower still at 1 (it lags the leader by a heartbeat):
+    # the publish of 2 or 3 is nothing new to it; only 4 is.
+    feed = Feed(1000)
+    feed.attach(asyncio.get_running_loop())
+    publish_range(feed, 1, 1)
+    waiter = asyncio.create_task(feed.wait_newer(3, 10.0))
+    await asyncio.sleep(0.02)
+    for index in (2, 3):
+        feed.publish(index, [ev(index, 0)])
+        await asyncio.sleep(0.05)
+        assert not waiter.done() and feed.waiters() == 1
+    feed.publish(4, [ev(4, 0)])
+    assert await asyncio.wait_for(waiter, 5.0) is True
+    page = feed.read(3, 10)
+    assert page is not None and page.last_index == 4
+    # The timeout still holds across such wake-ups.
+    late = asyncio.create_task(feed.wait_newer(10, 0.2))
+    await asyncio.sleep(0.02)
+    feed.publish(5, [ev(5, 0)])
+    assert await asyncio.wait_for(late, 5.0) is False
+    assert feed.waiters() == 0
+
+
 async def test_close_releases_waiters() -> None:
     feed = Feed(1000)
     feed.attach(asyncio.get_running_loop())
