@@ -10,7 +10,9 @@ latency unless ``--provider-latency-ms``) and up to 4 gateways from one cluster.
 ``--levels`` concurrency (a warm-up of ``--warmup`` s, then ``--seconds`` s measured):
 
 - inventory reads ``GET /inventory/{id}`` (wrk, static request), gateway then a bare
-  aiohttp + uvloop handler answering the very same bytes (loadtests/harness/bare.py);
+  aiohttp + uvloop handler answering the very same bytes (loadtests/harness/bare.py),
+  each alone on one core, wrk and the rest on the other(s) (``--pin ratios``, the
+  default; ``--pin none`` shares every core, as every other load does);
 - reserve attempts after sell-out ``POST /reserve-inventory`` of a sold-out product
   (wrk, a shopper token and a fresh Idempotency-Key per request), gateway then bare
   (answering the gateway's own 409 bytes after reading the body);
@@ -34,9 +36,11 @@ answer was not the expected one.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
+import os
 import re
 import signal
 import statistics
@@ -102,6 +106,9 @@ class Bench:
         self.args = args
         self.report = report
         self.runs = 0  # a fresh user prefix and script file per wrk run
+        # Reads and sold-out refusals against the bare handler: each server alone on a
+        # core (``--pin ratios``, on a machine with 2 cores or more).
+        self.pinned = args.pin == "ratios" and len(os.sched_getaffinity(0)) >= 2
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -168,21 +175,25 @@ class Bench:
     def _wrk_step(
         self, load: str, server: str, url: str, servers: Sequence[str],
         make_script: Callable[[float], Path], threads: int, conns: int, expect: int,
+        *, own_core: bool = False,
     ) -> Row:  # fmt: skip
-        """A warm-up run, then the measured run; the servers' CPU in the window."""
+        """A warm-up run, then the measured run; the servers' CPU in the window.
+        ``own_core``: the servers alone on one core, wrk and the rest on the others."""
         a = self.args
-        if a.warmup > 0:
-            wrk.run(url, make_script(a.warmup), threads=threads, connections=conns,
-                    seconds=a.warmup)  # fmt: skip
-        script = make_script(a.seconds)
         pids = self._pids(servers)
-        nodes = self._node_pids(servers)
-        before = [machine.cpu_seconds(p) for p in pids]
-        nodes_before = [machine.cpu_seconds(p) for p in nodes]
-        batches_before = self._batches(servers)
-        res = wrk.run(url, script, threads=threads, connections=conns, seconds=a.seconds)
-        server_cpu = sum(machine.cpu_seconds(p) for p in pids) - sum(before)
-        nodes_cpu = sum(machine.cpu_seconds(p) for p in nodes) - sum(nodes_before)
+        rest = [p.pid for name, p in self.cluster.procs.items() if name not in servers]
+        with machine.own_core(pids, rest) if own_core else contextlib.nullcontext(False):
+            if a.warmup > 0:
+                wrk.run(url, make_script(a.warmup), threads=threads, connections=conns,
+                        seconds=a.warmup)  # fmt: skip
+            script = make_script(a.seconds)
+            nodes = self._node_pids(servers)
+            before = [machine.cpu_seconds(p) for p in pids]
+            nodes_before = [machine.cpu_seconds(p) for p in nodes]
+            batches_before = self._batches(servers)
+            res = wrk.run(url, script, threads=threads, connections=conns, seconds=a.seconds)
+            server_cpu = sum(machine.cpu_seconds(p) for p in pids) - sum(before)
+            nodes_cpu = sum(machine.cpu_seconds(p) for p in nodes) - sum(nodes_before)
         batches_after = self._batches(servers)
         statuses = res.statuses or ({200: res.requests - res.non_2xx} if res.requests else {})
         good = statuses.get(expect, 0)
@@ -270,7 +281,7 @@ class Bench:
             ):
                 self._wrk_step("inventory reads", server, f"{url}/inventory/{STOCK_PRODUCT}",
                                procs, self._reads(hosts, 1),
-                               1, conns, 200)  # fmt: skip
+                               1, conns, 200, own_core=self.pinned)  # fmt: skip
         for conns in self.args.levels if "refusals" in self.args.loads else []:
             for server, url, hosts, procs in (
                 ("gateway x1", base, g1, ["g1"]),
@@ -278,7 +289,7 @@ class Bench:
             ):
                 self._wrk_step("reserve after sell-out", server, f"{url}/reserve-inventory",
                                procs, self._writes(hosts, 1, SOLD_PRODUCT),
-                               1, conns, 409)  # fmt: skip
+                               1, conns, 409, own_core=self.pinned)  # fmt: skip
 
     def reserves(self, base: str) -> None:
         g1 = self._hosts(["g1"])
@@ -552,6 +563,8 @@ def bench(args: argparse.Namespace) -> Report:
         cluster, _sandbox = open_cluster(tmp / "cluster", MAX_GATEWAYS, args.provider_latency_ms)
         try:
             b = Bench(cluster, tmp, args, report)
+            if b.pinned:
+                report.pinning = PINNED_RATIOS
             base, bare = b.prepare()
             loads = args.loads
             b.reads_and_refusals(base, bare)
@@ -585,6 +598,12 @@ def bench(args: argparse.Namespace) -> Report:
     report.uptime_after = machine.uptime()
     return report
 
+
+PINNED_RATIOS = (
+    "inventory reads and reserves after sell-out (the gateway and the bare handler alike): "
+    "the measured server alone on one core, wrk, the nodes and the harness on the other; "
+    "every other load: none, client and servers share every core"
+)
 
 # What --loads can name, in the order a run measures them.
 LOADS = ("reads", "refusals", "reserves", "unbatched", "checkout", "scaling", "ceilings")
@@ -632,6 +651,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--loads", type=_loads, default=LOADS,
                         help=f"only these loads, comma-separated, of {','.join(LOADS)} "
                              "(default all; a partial run is not written into --docs)")  # fmt: skip
+    parser.add_argument("--pin", choices=("ratios", "none"), default="ratios",
+                        help="ratios (default): for reads and sold-out refusals, the gateway "
+                             "and the bare handler each alone on one core, wrk and the rest "
+                             "on the others; none: everything shares every core")  # fmt: skip
     parser.add_argument("--docs", type=Path, help="write the results into this Markdown file")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     args = parser.parse_args(argv)

@@ -113,3 +113,25 @@ def test_a_partial_run_names_known_loads_and_is_never_written_into_the_docs() ->
     for argv in (["--loads", "reads,bogus"], ["--loads", "reads", "--docs", "BENCH.md"]):
         with pytest.raises(SystemExit):
             bench_harness.parse_args(argv)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs two cores")
+def test_own_core_pins_the_server_apart_and_restores_every_affinity() -> None:
+    from loadtests.harness.machine import own_core
+
+    cores = os.sched_getaffinity(0)
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with own_core([server.pid], [other.pid]) as pinned:
+            assert pinned
+            own = os.sched_getaffinity(server.pid)
+            assert len(own) == 1
+            # The client this process starts next (wrk) inherits the other cores.
+            assert os.sched_getaffinity(0) == os.sched_getaffinity(other.pid) == cores - own
+        assert os.sched_getaffinity(0) == cores
+        assert os.sched_getaffinity(server.pid) == os.sched_getaffinity(other.pid) == cores
+    finally:
+        for proc in (server, other):
+            proc.kill()
+            proc.wait()

@@ -1,12 +1,14 @@
-"""What the machine is and how busy it is: recorded next to every benchmark figure."""
+"""What the machine is, how busy it is, and which cores a measured process runs on."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
 import shutil
 import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -55,3 +57,31 @@ def children_cpu_seconds() -> float:
     """CPU seconds of this process's reaped children (wrk, redis-benchmark) so far."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+@contextlib.contextmanager
+def own_core(servers: Sequence[int], others: Sequence[int]) -> Iterator[bool]:
+    """Run the processes ``servers`` alone on one core, and ``others`` and this process
+    (so the load generator it starts next, which inherits its affinity) on the remaining
+    ones; every affinity is restored on exit. Yields False, pinning nothing, on a
+    machine with one core. Why: "the bare handler's rate on the same core" compares one
+    core's work, and a client sharing that core takes an unsteady part of it."""
+    cores = os.sched_getaffinity(0)
+    if len(cores) < 2:
+        yield False
+        return
+    own = {min(cores)}
+    rest = cores - own
+    pinned = [(0, rest), *((p, own) for p in servers), *((p, rest) for p in others)]
+    try:
+        for pid, cpus in pinned:
+            _set_affinity(pid, cpus)
+        yield True
+    finally:
+        for pid, _cpus in pinned:
+            _set_affinity(pid, cores)
+
+
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # a process that has exited
+        os.sched_setaffinity(pid, cpus)
