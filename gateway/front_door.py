@@ -15,10 +15,11 @@ Every request, answered or refused, passes through it, in this order, outermost 
 
 Why not aiohttp middlewares: an application with any middleware wraps every request in
 one more of aiohttp's own (``_fix_request_current_app``) plus a partial, a coroutine and
-an await per middleware; on the edge-cache fast paths (an inventory read, a sold-out
-refusal) that was about a tenth of the request (docs/BENCHMARKS.md). Here each route's
-entry is one coroutine that knows its route's kind and metrics label from the start,
-and the gateway application has no middleware at all.
+an await per middleware (a pass-through one cost the bare handler about a tenth of its
+rate). Here each route's entry is one coroutine that knows its route's kind and metrics
+label from the start, and the gateway application has no middleware at all: a few per
+cent more inventory reads and sold-out refusals per second (docs/BENCHMARKS.md, third
+pass).
 
 Routes are registered through ``add_routes`` (a route added with ``app.router`` directly
 would bypass all of the above), guards through ``add_guard`` before the application

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,17 +121,27 @@ def test_own_core_pins_the_server_apart_and_restores_every_affinity() -> None:
     from loadtests.harness.machine import own_core
 
     cores = os.sched_getaffinity(0)
-    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Two threads each, as a node (its Raft thread) or a gateway (its pools) has.
+    threaded = "import threading, time; threading.Thread(target=time.sleep, args=(60,)).start(); "
+    server = subprocess.Popen([sys.executable, "-c", threaded + "time.sleep(60)"])
+    other = subprocess.Popen([sys.executable, "-c", threaded + "time.sleep(60)"])
+
+    def affinities(pid: int) -> set[frozenset[int]]:
+        while len(tids := os.listdir(f"/proc/{pid}/task")) < 2:  # the thread is starting
+            time.sleep(0.01)
+        return {frozenset(os.sched_getaffinity(int(t))) for t in tids}
+
     try:
+        affinities(server.pid), affinities(other.pid)
         with own_core([server.pid], [other.pid]) as pinned:
             assert pinned
-            own = os.sched_getaffinity(server.pid)
+            (own,) = affinities(server.pid)
             assert len(own) == 1
+            assert affinities(other.pid) == {frozenset(cores - own)}
             # The client this process starts next (wrk) inherits the other cores.
-            assert os.sched_getaffinity(0) == os.sched_getaffinity(other.pid) == cores - own
+            assert os.sched_getaffinity(0) == cores - own
         assert os.sched_getaffinity(0) == cores
-        assert os.sched_getaffinity(server.pid) == os.sched_getaffinity(other.pid) == cores
+        assert affinities(server.pid) == affinities(other.pid) == {frozenset(cores)}
     finally:
         for proc in (server, other):
             proc.kill()

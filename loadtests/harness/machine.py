@@ -61,11 +61,11 @@ def children_cpu_seconds() -> float:
 
 @contextlib.contextmanager
 def own_core(servers: Sequence[int], others: Sequence[int]) -> Iterator[bool]:
-    """Run the processes ``servers`` alone on one core, and ``others`` and this process
-    (so the load generator it starts next, which inherits its affinity) on the remaining
-    ones; every affinity is restored on exit. Yields False, pinning nothing, on a
-    machine with one core. Why: "the bare handler's rate on the same core" compares one
-    core's work, and a client sharing that core takes an unsteady part of it."""
+    """Run the processes ``servers`` (every thread) alone on one core, and ``others``
+    and this thread (so the load generator it starts next, which inherits its affinity)
+    on the remaining ones; every affinity is restored on exit. Yields False, pinning
+    nothing, on a machine with one core. Why: "the bare handler's rate on the same core"
+    compares one core's work, and a client sharing that core takes an unsteady part."""
     cores = os.sched_getaffinity(0)
     if len(cores) < 2:
         yield False
@@ -83,5 +83,12 @@ def own_core(servers: Sequence[int], others: Sequence[int]) -> Iterator[bool]:
 
 
 def _set_affinity(pid: int, cpus: set[int]) -> None:
-    with contextlib.suppress(ProcessLookupError):  # a process that has exited
-        os.sched_setaffinity(pid, cpus)
+    """Every thread of process ``pid`` (a node's Raft thread, a gateway's thread pools:
+    the call applies to one thread only); ``pid`` 0: the calling thread."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")] if pid else [0]
+    except FileNotFoundError:  # a process that has exited
+        return
+    for tid in tids:
+        with contextlib.suppress(ProcessLookupError):  # a thread that has exited
+            os.sched_setaffinity(tid, cpus)
