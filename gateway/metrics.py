@@ -178,4 +178,3 @@ class GatewayMetrics:
         return web.Response(
             body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
-

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -45,8 +45,6 @@ log = logging.getLogger("gateway.problems")
 PROBLEM_BASE = "https://flashsale.dev/problems/"
 CONTENT_TYPE = "application/problem+json"
 RETRY_AFTER_S = 1  # what 503 answers ask clients to wait before retrying
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Problem(Exception):
@@ -445,7 +443,7 @@ def rejection(command: Mapping[str, Any], result: Mapping[str, Any]) -> Problem:
     return Problem(status, slug, title, message, reason=reason)
 
 
-# -- the middleware --------------------------------------------------------------------
+# -- exceptions as problems ------------------------------------------------------------
 
 _HTTP_SLUGS: dict[int, tuple[str, str]] = {
     400: ("bad-request", "Bad request"),
@@ -505,16 +503,3 @@ def problem_answer(request: web.Request, exc: Exception) -> web.Response | None:
         log.exception("unhandled error", extra={"path": request.path})
         mapped = Problem(500, "internal", "Internal error", "")
     return mapped.response(request.path)
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error that leaves a handler into problem+json, as a middleware (the
-    gateway's front door calls ``problem_answer`` itself, without any middleware)."""
-    try:
-        return await handler(request)
-    except Exception as exc:
-        answer = problem_answer(request, exc)
-        if answer is None:
-            raise
-        return answer

@@ -12,7 +12,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from cluster.errors import CommitUnknown, InvalidCommand, NoLeader, Unreachable
-from gateway import bodies
+from gateway import bodies, front_door
 from gateway.bodies import (
     MAX_BODY_BYTES,
     decode_json,
@@ -21,7 +21,10 @@ from gateway.bodies import (
     parse_reserve,
     read_json,
 )
-from gateway.problems import PROBLEM_BASE, Problem, problem_middleware, rejection
+from gateway.front_door import FrontDoor
+from gateway.metrics import GatewayMetrics
+from gateway.overload import InFlight, InFlightLimits
+from gateway.problems import PROBLEM_BASE, Problem, rejection
 from ledger.reasons import Reason
 
 EXPECTED = {
@@ -91,8 +94,12 @@ def test_an_unknown_future_reason_is_still_a_client_error() -> None:
 
 
 async def _client(handler: Any, method: str = "POST", path: str = "/x") -> TestClient[Any, Any]:
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
-    app.router.add_route(method, path, handler)
+    """``handler`` behind the gateway's own front door (problem+json, the 404/405 route)."""
+    metrics = GatewayMetrics()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    front_door.install(app, FrontDoor(metrics, InFlight(InFlightLimits(), metrics)))
+    front_door.add_routes(app, [web.route(method, path, handler)])
+    front_door.add_fallback(app)
     client: TestClient[Any, Any] = TestClient(TestServer(app))
     await client.start_server()
     return client
