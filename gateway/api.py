@@ -28,7 +28,7 @@ from gateway.idempotency import HEADER, ledger_key, new_client_key, valid_client
 from gateway.identity import InvalidToken, bearer_user
 from gateway.openapi import openapi_document
 from gateway.payment import PAYMENTS, parse_payment, payment_result, webhook_notice
-from gateway.pii import seal_details_async
+from gateway.pii import prepare_key, seal_details_async
 from gateway.problems import (
     Problem,
     encoded_response,
@@ -162,6 +162,7 @@ async def reserve_inventory(request: web.Request) -> web.Response:
             index, result = await _apply(state, command)
             response = _json(shapes.hold_placed(result, index), index=index,
                              headers={HEADER: key})  # fmt: skip
+            prepare_key(user)  # a checkout is likely next: its data key, made meanwhile
     except Exception as exc:
         _raise_keyed(exc, key)
     return response

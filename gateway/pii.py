@@ -31,3 +31,9 @@ async def seal_details_async(user_id: str, details: Mapping[str, object]) -> str
     """``seal_details`` for the event loop: a cached key seals at once; a new shopper's
     key is fetched or made on the key store's thread, never blocking the loop."""
     return await pii.gateway.seal_details_async(user_id, details)
+
+
+def prepare_key(user_id: str) -> None:
+    """The shopper's hold was placed: make or fetch their data key now, in the
+    background, so their checkout does not wait for it (``pii.keyloader``)."""
+    pii.gateway.prefetch_key(user_id)

@@ -93,6 +93,14 @@ def seal_details(user_id: str, details: Mapping[str, object]) -> str:
     return sealer.seal(user_id, details)
 
 
+def prefetch_key(user_id: str) -> bool:
+    """Start making or fetching the shopper's data key in the background (their hold was
+    just placed: a checkout is likely to follow); True if a load was queued. Nothing
+    happens without a sealer, or when the key is cached. On the event loop only."""
+    loader = _loader
+    return loader is not None and loader.prefetch(user_id)
+
+
 async def seal_details_async(user_id: str, details: Mapping[str, object]) -> str:
     """``details`` sealed for ``user_id``; the event loop never waits for the store."""
     loader = _loader

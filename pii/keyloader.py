@@ -12,6 +12,13 @@ caller is answered only once the group's commit has returned, so no key is used 
 it is durable. Concurrent misses for one shopper share one future (each caller shielded,
 so one cancelled caller does not cancel the others).
 
+``prefetch`` queues a miss without waiting for it: the gateway calls it when a shopper's
+hold is placed, so the key is made while they still shop and their checkout, seconds
+later, seals at once instead of waiting for a group's commit (on a loaded machine that
+wait was a third of a checkout's time: docs/BENCHMARKS.md). It is bounded
+(``MAX_PREFETCH_QUEUED``) and best effort: a prefetch that is skipped or fails leaves the
+checkout to load the key as before.
+
 Errors: a database error fails every caller of its group with that very exception (the
 next group tries again); a key that does not open (``PiiError``: altered, or its master
 key missing) fails only its shopper: the group is then looked up again one shopper at a
@@ -34,8 +41,18 @@ from pii.keystore import check_user
 from pii.sealing import Sealer
 
 MAX_KEY_GROUP = 256  # data keys fetched or made in one store transaction
+# Keys waiting to be made or fetched beyond which ``prefetch`` does nothing: a warm-up
+# must never queue more store work than a few groups (the checkout still gets its key).
+MAX_PREFETCH_QUEUED = 4 * MAX_KEY_GROUP
 
 _Outcome = DataKey | Exception  # a shopper's key, or why they get none
+
+
+def _retrieved(future: asyncio.Future[DataKey]) -> None:
+    """Mark a prefetch's outcome as seen: a failed warm-up is not an unhandled error
+    (a checkout waiting on the same future still gets the exception)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class KeyLoaderClosed(PiiError):
@@ -58,6 +75,7 @@ class KeyLoader:
         self._closed = False
         self.groups = 0  # groups handed to the store (each one transaction at most)
         self.largest_group = 0
+        self.prefetched = 0  # loads started by ``prefetch``
 
     async def key(self, user_id: str) -> DataKey:
         """The shopper's data key: cached, else fetched or made (durably) with others."""
@@ -77,6 +95,33 @@ class KeyLoader:
             if self._flusher is None or self._flusher.done():
                 self._flusher = loop.create_task(self._flush(), name="pii-keys-flush")
         return await asyncio.shield(future)
+
+    def prefetch(self, user_id: str) -> bool:
+        """Start fetching or making the shopper's data key without waiting for it, so that
+        their checkout finds it cached. True if a load was queued; False if the key is
+        cached or already on its way, the id is not a user id, the loader is closed, or
+        ``MAX_PREFETCH_QUEUED`` keys already wait (nothing is lost: the checkout loads it).
+
+        Called on the event loop. An error is left for the checkout to meet again: the
+        prefetch's own future never raises to anyone."""
+        if self._closed or len(self._queued) >= MAX_PREFETCH_QUEUED:
+            return False
+        if user_id in self._queued or user_id in self._loading:
+            return False
+        if self.sealer.cached_key(user_id) is not None:
+            return False
+        try:
+            check_user(user_id)
+        except PiiError:
+            return False
+        loop = asyncio.get_running_loop()
+        self._bind(loop)
+        future = self._queued[user_id] = loop.create_future()
+        future.add_done_callback(_retrieved)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush(), name="pii-keys-flush")
+        self.prefetched += 1
+        return True
 
     def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Use ``loop``; another one only once nothing is pending on the first (or the

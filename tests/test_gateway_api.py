@@ -32,6 +32,7 @@ from gateway.server import create_app
 from gateway.state import STATE
 from ledger import Ledger
 from ledger.codec import encode_event, encode_result, encode_view
+from pii import gateway as pii_gateway
 from pii.keystore import KeyStore
 from pii.sealing import Unsealer
 
@@ -393,6 +394,34 @@ async def test_checkout_places_an_order_the_shopper_can_read(shop: Shop) -> None
         "address_line1": "1 Main St", "city": "Springfield", "postal_code": "12345",
         "country": "US",
     }
+
+
+async def test_a_placed_hold_makes_the_shoppers_data_key_before_checkout(shop: Shop) -> None:
+    loader = pii_gateway._loader
+    assert loader is not None
+    shop.create("p1", 1)
+    status, held, _ = await shop.reserve("alice", "p1")
+    assert status == 200
+    async with asyncio.timeout(5):  # made in the background, after the answer
+        while loader.sealer.cached_key("alice") is None:
+            await asyncio.sleep(0.005)
+    keys = KeyStore.open(shop.state.config)
+    try:
+        stored = keys.current("alice")
+    finally:
+        keys.close()
+    assert stored is not None and stored == loader.sealer.cached_key("alice")  # durable first
+    groups = loader.groups
+    status, order, _ = await shop.checkout("alice", held["cart_id"])
+    assert status == 200, order
+    assert loader.groups == groups  # the checkout sealed with the cached key: no store trip
+    assert order["order_id"]
+
+    await shop.synced()
+    status, refused, _ = await shop.reserve("bob", "p1")  # sold out: no hold, no key
+    assert status == 409, refused
+    await asyncio.sleep(0.05)
+    assert loader.sealer.cached_key("bob") is None and loader.groups == groups
 
 
 async def test_another_shopper_cannot_tell_an_order_or_cart_exists(shop: Shop) -> None:

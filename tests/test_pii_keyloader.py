@@ -4,6 +4,7 @@ own thread, many in one transaction, and the loop keeps running while they commi
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import threading
 import time
@@ -249,3 +250,80 @@ async def test_the_sealer_context_installs_and_closes_its_own_sealer(
         await context.__anext__()
     with pytest.raises(pii_gateway.SealerNotInstalled):
         await pii_gateway.seal_details_async("alice", DETAILS)
+
+
+async def test_a_prefetched_key_is_stored_and_then_served_from_the_cache(
+    rig: tuple[KeyLoader, SpyStore],
+) -> None:
+    loader, spy = rig
+    assert loader.prefetch("alice") is True
+    assert loader.prefetch("alice") is False  # already on its way: one load
+    async with asyncio.timeout(5):
+        while loader.sealer.cached_key("alice") is None:
+            await asyncio.sleep(0.005)
+    assert spy.groups == [["alice"]]
+    stored = loader.sealer.keys.current("alice")
+    assert stored is not None and stored == await loader.key("alice")
+    assert loader.prefetch("alice") is False  # cached: nothing to do
+    assert spy.groups == [["alice"]] and loader.prefetched == 1
+
+
+async def test_a_checkout_joins_the_load_its_prefetch_started(
+    rig: tuple[KeyLoader, SpyStore],
+) -> None:
+    loader, spy = rig
+    spy.delay_s = 0.1
+    assert loader.prefetch("carol")
+    await asyncio.sleep(0.02)  # the prefetch's group is on the store's thread
+    assert not loader.prefetch("carol")
+    key = await loader.key("carol")
+    assert spy.groups == [["carol"]] and key == loader.sealer.keys.current("carol")
+
+
+async def test_prefetches_are_bounded(
+    rig: tuple[KeyLoader, SpyStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loader, spy = rig
+    monkeypatch.setattr("pii.keyloader.MAX_PREFETCH_QUEUED", 3)
+    spy.delay_s = 0.2
+    assert loader.prefetch("u0")
+    await asyncio.sleep(0.05)  # u0's group is loading; what follows queues behind it
+    assert [loader.prefetch(f"u{i}") for i in range(1, 6)] == [True, True, True, False, False]
+    # A checkout is never refused by the bound: it joins the queue and gets its key.
+    assert (await loader.key("u5")).user_id == "u5"
+    assert spy.groups == [["u0"], ["u1", "u2", "u3", "u5"]]
+    assert loader.sealer.keys.current("u4") is None
+
+
+async def test_a_failed_prefetch_bothers_no_one_and_the_checkout_tries_again(
+    rig: tuple[KeyLoader, SpyStore],
+) -> None:
+    loader, spy = rig
+    unhandled: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    spy.fail_next.append(sqlite3.OperationalError("disk I/O error"))
+    assert loader.prefetch("dave")
+    async with asyncio.timeout(5):
+        while len(spy.groups) < 1 or loader._queued or loader._loading:
+            await asyncio.sleep(0.005)
+    gc.collect()  # an unretrieved exception would be reported when its future goes
+    await asyncio.sleep(0)
+    assert unhandled == []
+    assert loader.sealer.cached_key("dave") is None
+    assert (await loader.key("dave")).user_id == "dave"
+    assert spy.groups == [["dave"], ["dave"]]
+
+
+async def test_prefetch_skips_bad_ids_and_a_closed_loader(
+    rig: tuple[KeyLoader, SpyStore],
+) -> None:
+    loader, spy = rig
+    assert loader.prefetch("not a user id!") is False
+    await loader.aclose()
+    assert loader.prefetch("erin") is False
+    assert spy.groups == [] and loader.prefetched == 0
+
+
+def test_prefetch_without_a_sealer_does_nothing() -> None:
+    pii_gateway.uninstall_sealer()
+    assert pii_gateway.prefetch_key("frank") is False
