@@ -7,6 +7,7 @@ and nothing personal leaves in a read (an order's sealed details stay inside).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -19,6 +20,7 @@ _MINOR_DIGITS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KW
 _PAYMENT_STATUS = {"pending": "pending", "paid": "completed", "failed": "failed"}
 
 
+@functools.lru_cache(maxsize=1024)  # a batch's holds share one expiry: formatted once
 def rfc3339(ms: int) -> str:
     """``1700000000123`` -> ``"2023-11-14T22:13:20.123Z"``."""
     dt = datetime.fromtimestamp(ms / 1000, tz=UTC)

@@ -298,3 +298,75 @@ async def test_close_fails_queued_writes_and_refuses_new_ones() -> None:
     assert info.value.status == 503
     with pytest.raises(Problem):
         await batcher.submit(_cmd(2), timeout_s=1)
+
+
+async def test_the_next_batch_leaves_before_the_answered_writes_resume() -> None:
+    """Answering a batch's writes runs each waiting handler; the next batch must not wait
+    behind them (under load that took longer than the commit)."""
+    leader = FakeLeader()
+    leader.gate = asyncio.Event()
+    batcher, _ = await _started(leader, BatchPolicy(window_ms=0, max_batch=1))
+    sent_when_resumed: list[int] = []
+
+    async def write(i: int) -> None:
+        await batcher.submit(_cmd(i), timeout_s=5)
+        sent_when_resumed.append(len(leader.batches))
+
+    try:
+        first = asyncio.ensure_future(write(0))
+        while not leader.batches:
+            await asyncio.sleep(0.001)
+        second = asyncio.ensure_future(write(1))
+        await asyncio.sleep(0.01)
+        assert batcher.queued == 1 and len(leader.batches) == 1  # one batch in flight
+        leader.gate.set()
+        await asyncio.gather(first, second)
+        assert sent_when_resumed[0] == 2  # the second batch was sent first
+        assert [b[0]["key"] for b in leader.batches] == ["k0", "k1"]  # arrival order kept
+    finally:
+        await batcher.close()
+
+
+async def test_an_answer_that_does_not_match_its_batch_leaves_no_write_waiting() -> None:
+    class ShortLeader(FakeLeader):
+        async def submit(self, commands: list[dict[str, Any]], *, deadline_s: float) -> Answer:
+            answer = await super().submit(commands, deadline_s=deadline_s)
+            return Answer(answer.index, answer.results[:-1])
+
+    batcher, metrics = await _started(ShortLeader(), BatchPolicy(window_ms=5))
+    try:
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(batcher.submit(_cmd(i), timeout_s=30) for i in range(3)),
+                return_exceptions=True,
+            ),
+            2,  # well before the writes' own deadlines
+        )
+        assert all(isinstance(o, CommitUnknown) for o in outcomes)
+        assert metrics.batches.labels("error")._value.get() == 1
+    finally:
+        await batcher.close()
+
+
+async def test_a_write_queued_behind_a_hung_batch_is_refused_at_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("gateway.batcher.ANSWER_MARGIN_S", 0.05)
+    leader = FakeLeader()
+    leader.gate = asyncio.Event()  # the first batch hangs past every deadline below
+    batcher, _ = await _started(leader, BatchPolicy(window_ms=0, max_batch=1))
+    try:
+        hung = asyncio.ensure_future(batcher.submit(_cmd(0), timeout_s=0.1))
+        while not leader.batches:
+            await asyncio.sleep(0.001)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Problem) as info:
+            await batcher.submit(_cmd(1), timeout_s=0.1)  # never sent: 503, retry is safe
+        assert info.value.status == 503
+        assert asyncio.get_running_loop().time() - started < 1.0
+        with pytest.raises(CommitUnknown):  # sent: its outcome is unknown
+            await hung
+        assert len(leader.batches) == 1
+    finally:
+        leader.gate.set()
+        await batcher.close()
