@@ -13,9 +13,12 @@ start; until then sealing fails rather than let personal data out in clear.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import pii.gateway
+
+log = logging.getLogger("gateway.pii")
 
 SEAL_FORMAT = "json/v1"
 
@@ -35,5 +38,10 @@ async def seal_details_async(user_id: str, details: Mapping[str, object]) -> str
 
 def prepare_key(user_id: str) -> None:
     """The shopper's hold was placed: make or fetch their data key now, in the
-    background, so their checkout does not wait for it (``pii.keyloader``)."""
-    pii.gateway.prefetch_key(user_id)
+    background, so their checkout does not wait for it (``pii.keyloader``). Never
+    raises: the hold is committed, and a warm-up that fails must not turn its answer
+    into an error (the checkout loads the key itself)."""
+    try:
+        pii.gateway.prefetch_key(user_id)
+    except Exception:
+        log.warning("preparing a data key failed", exc_info=True)

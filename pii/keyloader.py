@@ -99,8 +99,9 @@ class KeyLoader:
     def prefetch(self, user_id: str) -> bool:
         """Start fetching or making the shopper's data key without waiting for it, so that
         their checkout finds it cached. True if a load was queued; False if the key is
-        cached or already on its way, the id is not a user id, the loader is closed, or
-        ``MAX_PREFETCH_QUEUED`` keys already wait (nothing is lost: the checkout loads it).
+        cached or already on its way, the id is not a user id, the loader is closed or busy
+        on another event loop, or ``MAX_PREFETCH_QUEUED`` keys already wait (nothing is
+        lost: the checkout loads it).
 
         Called on the event loop. An error is left for the checkout to meet again: the
         prefetch's own future never raises to anyone."""
@@ -115,7 +116,10 @@ class KeyLoader:
         except PiiError:
             return False
         loop = asyncio.get_running_loop()
-        self._bind(loop)
+        try:
+            self._bind(loop)
+        except RuntimeError:  # keys pending on another loop: not this warm-up's business
+            return False
         future = self._queued[user_id] = loop.create_future()
         future.add_done_callback(_retrieved)
         if self._flusher is None or self._flusher.done():

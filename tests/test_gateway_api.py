@@ -424,6 +424,22 @@ async def test_a_placed_hold_makes_the_shoppers_data_key_before_checkout(shop: S
     assert loader.sealer.cached_key("bob") is None and loader.groups == groups
 
 
+async def test_a_failing_key_warm_up_does_not_fail_the_hold(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(user_id: str) -> bool:
+        raise RuntimeError("key store in trouble")
+
+    monkeypatch.setattr(pii_gateway, "prefetch_key", broken)
+    shop.create("p1", 2)
+    with caplog.at_level(logging.WARNING, logger="gateway.pii"):
+        status, held, headers = await shop.reserve("alice", "p1", key="hold-1")
+    assert status == 200, held
+    assert held["hold_id"] and headers["Idempotency-Key"] == "hold-1"
+    assert "preparing a data key failed" in caplog.text
+    assert shop.cluster.ledger.product("p1").reserved == 1  # type: ignore[union-attr]
+
+
 async def test_another_shopper_cannot_tell_an_order_or_cart_exists(shop: Shop) -> None:
     shop.create("p1", 5)
     _, held, _ = await shop.reserve("alice", "p1")

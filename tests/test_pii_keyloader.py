@@ -327,3 +327,19 @@ async def test_prefetch_skips_bad_ids_and_a_closed_loader(
 def test_prefetch_without_a_sealer_does_nothing() -> None:
     pii_gateway.uninstall_sealer()
     assert pii_gateway.prefetch_key("frank") is False
+
+
+async def test_prefetch_leaves_a_loader_busy_on_another_loop_alone(
+    rig: tuple[KeyLoader, SpyStore],
+) -> None:
+    loader, spy = rig
+    other = asyncio.new_event_loop()
+    try:
+        loader._loop = other  # keys pending there: binding to this loop would raise
+        loader._queued["someone"] = other.create_future()
+        assert loader.prefetch("grace") is False
+        assert "grace" not in loader._queued and spy.groups == []
+    finally:
+        loader._queued.clear()
+        loader._loop = None
+        other.close()
