@@ -21,6 +21,14 @@ def publish_range(feed: Feed, first: int, last: int, per_entry: int = 2) -> None
         feed.publish(i, [ev(i, s) for s in range(per_entry)])
 
 
+def attached_feed(last: int) -> Feed:
+    """A feed on the running loop (long-polls can wait on it) holding entries 1..last."""
+    feed = Feed(1000)
+    feed.attach(asyncio.get_running_loop())
+    publish_range(feed, 1, last)
+    return feed
+
+
 def test_events_after_an_index_in_order() -> None:
     feed = Feed(1000)
     publish_range(feed, 1, 5)
@@ -97,9 +105,7 @@ def test_invalid_arguments() -> None:
 
 
 async def test_long_poll_is_woken_by_a_publish_from_another_thread() -> None:
-    feed = Feed(1000)
-    feed.attach(asyncio.get_running_loop())
-    publish_range(feed, 1, 2)
+    feed = attached_feed(2)
     waiter = asyncio.create_task(feed.wait_newer(2, 10.0))
     await asyncio.sleep(0.05)
     assert not waiter.done() and feed.waiters() == 1
@@ -110,9 +116,7 @@ async def test_long_poll_is_woken_by_a_publish_from_another_thread() -> None:
 
 
 async def test_long_poll_returns_at_once_when_newer_exists_and_times_out_otherwise() -> None:
-    feed = Feed(1000)
-    feed.attach(asyncio.get_running_loop())
-    publish_range(feed, 1, 2)
+    feed = attached_feed(2)
     assert await feed.wait_newer(1, 5.0) is True
     assert await feed.wait_newer(2, 0.05) is False
 
@@ -120,9 +124,7 @@ async def test_long_poll_returns_at_once_when_newer_exists_and_times_out_otherwi
 async def test_a_long_poll_ahead_of_the_feed_waits_past_publishes_below_its_index() -> None:
     # A reader at 3 polling a follower still at 1 (it lags the leader by a heartbeat):
     # the publish of 2 or 3 is nothing new to it; only 4 is.
-    feed = Feed(1000)
-    feed.attach(asyncio.get_running_loop())
-    publish_range(feed, 1, 1)
+    feed = attached_feed(1)
     waiter = asyncio.create_task(feed.wait_newer(3, 10.0))
     await asyncio.sleep(0.02)
     for index in (2, 3):
@@ -142,8 +144,7 @@ async def test_a_long_poll_ahead_of_the_feed_waits_past_publishes_below_its_inde
 
 
 async def test_close_releases_waiters() -> None:
-    feed = Feed(1000)
-    feed.attach(asyncio.get_running_loop())
+    feed = attached_feed(0)
     waiter = asyncio.create_task(feed.wait_newer(0, 30.0))
     await asyncio.sleep(0.01)
     feed.close()
