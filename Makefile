@@ -68,9 +68,13 @@ bench: install
 	$(BIN)/python -m loadtests.bench_harness --docs docs/BENCHMARKS.md
 
 # Overload: the sustainable rate of a reserve-heavy mix (a short ramp), then 2.5x that,
-# open-loop, for 60 s against a local 3-node cluster and one gateway; prints what was
-# shed (503/429 + Retry-After), the p99 of what was served, every process's peak memory,
-# and checks that no process died and the sale stayed exact (docs/BENCHMARKS.md).
+# open-loop, for 60 s against a local 3-node cluster and one gateway behind HAProxy;
+# prints what was shed (503/429 + Retry-After), the p99 of what was served, every
+# process's peak memory and CPU, and checks that no process died and the sale stayed
+# exact (docs/BENCHMARKS.md). HAProxy (Debian) is installed when missing (root, apt);
+# `--front none` (ARGS="--front none") measures the gateway without it.
 .PHONY: overload
 overload: install
-	$(BIN)/python -m loadtests.bench_overload
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] \
+	  || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy
+	$(BIN)/python -m loadtests.bench_overload $(ARGS)

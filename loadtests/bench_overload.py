@@ -4,19 +4,24 @@ numbers, printed as Markdown (docs/BENCHMARKS.md, "Overload").
 Run from the repository root: ``python -m loadtests.bench_overload`` (``make overload``).
 
 It starts a real 3-node cluster (tests/support/cluster.py, default settings, fsync
-durability, ``[bots] enabled = false``: trusted load) and one gateway with its default
-admission limits, creates two products (``big``: 10^8 units, never sells out, so its
-reserves reach the leader all run long; ``small``: 300 units, sold out early, after which
-the edge cache refuses its reserves), and drives a reserve-heavy mix: 50 % reserves of
-``big``, 20 % reserves of ``small``, 30 % inventory reads, each reserve a fresh
-Idempotency-Key, a shopper holding at most ``HOLDS_PER_USER`` units.
+durability, ``[bots] enabled = false``: trusted load), ``--gateways`` gateways (1) with
+their default admission limits and, with ``--front haproxy`` (the default), HAProxy in
+front of them (loadtests/harness/haproxy.py: separate read and write slots per gateway, a
+short queue, then 503 ``overloaded`` with Retry-After), creates two products (``big``:
+10^8 units, never sells out, so its reserves reach the leader all run long; ``small``:
+300 units, sold out early, after which the edge cache refuses its reserves), and drives a
+reserve-heavy mix: 50 % reserves of ``big``, 20 % reserves of ``small``, 30 % inventory
+reads, each reserve a fresh Idempotency-Key, a shopper holding at most
+``HOLDS_PER_USER`` units.
 
 The client is *open-loop*: requests arrive at a fixed rate whatever the answers do
 (each on a free keep-alive connection, a new one if none is free, up to
 ``--max-connections``), as shoppers do, so a slow server is not granted a slower
 client; latency is counted from the request's scheduled arrival, so time spent waiting
-for a connection counts too. It speaks minimal HTTP/1.1 over asyncio streams on uvloop
-(much cheaper per request than an HTTP library, the client shares the cores).
+for a connection counts too. It speaks minimal HTTP/1.1 through asyncio Protocols on
+uvloop (loadtests/harness/open_loop.py: no HTTP library, no task per request), to take
+as little as it can of the cores it shares with the servers; ``--pin servers`` gives it
+a core of its own and the servers the other.
 
 Phases:
 1. Ramp: ``--ramp-seconds`` per step at rising rates (x1.5 per step from
@@ -32,11 +37,14 @@ Phases:
 
 Reported: per phase, offered and served requests, shed (503/429: with and without
 Retry-After), other failures, p50/p99 of served requests; each process's RSS sampled
-every second (peak per phase) and its VmHWM at the end; whether every process is still
-alive; and the sale: on every node sold + reserved + available == stock for both
-products, the nodes' digests equal, ``small`` not oversold, and the units reserved or
-sold equal to the holds the client was granted (plus at most the answers it could not
-know: 503 commit-unknown and timeouts). Every process is stopped by pid at the end.
+every second (peak per phase), its CPU seconds per phase (the client's too) and its VmHWM
+at the end; HAProxy's queue and timings, sampled every second; the gateway's own view
+(its handlers' p99, its event loop's lag, its write cap: the first gateway's, with
+``--gateways`` above 1); whether every process is still alive; and the sale: on every
+node sold + reserved + available == stock for both products, the nodes' digests equal,
+``small`` not oversold, and the units reserved or sold equal to the holds the client was
+granted (plus at most the answers it could not know: 503 commit-unknown and timeouts).
+Every process is stopped by pid at the end.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import platform
 import re
@@ -60,7 +69,10 @@ from typing import Any
 import uvloop
 
 from gateway.identity import issue_token
-from tests.support.cluster import LocalCluster
+from loadtests.harness import haproxy
+from loadtests.harness.machine import own_core
+from loadtests.harness.open_loop import Answer, OpenLoop
+from tests.support.cluster import LocalCluster, free_ports
 
 BIG, SMALL = "big", "small"
 BIG_STOCK, SMALL_STOCK = 100_000_000, 300
@@ -76,98 +88,6 @@ MIX = ((0.5, "reserve", BIG), (0.2, "reserve", SMALL), (0.15, "inventory", BIG),
 
 
 # -- the open-loop client ------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Answer:
-    status: int
-    problem: str  # the problem type's last segment, "" for a success
-    retry_after: bool
-
-
-class _Conn:
-    __slots__ = ("reader", "writer")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-
-class Http:
-    """Keep-alive HTTP/1.1 connections to one host:port; a request takes an idle one or
-    opens a new one, up to ``max_connections`` (beyond: the arrival is not sent)."""
-
-    def __init__(self, host: str, port: int, max_connections: int) -> None:
-        self.host, self.port, self.max_connections = host, port, max_connections
-        self._idle: list[_Conn] = []
-        self.open = 0
-        self.peak_open = 0
-
-    async def request(self, raw: bytes) -> Answer | None:
-        """Send ``raw`` (a whole request); None when no connection was available.
-
-        A kept-alive connection the server closed meanwhile (its keep-alive timeout)
-        answers nothing at all: the request is sent again once on a new connection, as
-        HTTP clients do (every write here carries an Idempotency-Key)."""
-        for attempt in (1, 2):
-            reused = bool(self._idle) and attempt == 1
-            conn = self._idle.pop() if reused else await self._connect()
-            if conn is None:
-                return None
-            try:
-                conn.writer.write(raw)
-                head = await conn.reader.readuntil(b"\r\n\r\n")
-                status, headers = _parse_head(head)
-                body = await conn.reader.readexactly(int(headers.get("content-length", "0")))
-            except asyncio.IncompleteReadError as exc:
-                self._drop(conn)
-                if reused and not exc.partial:
-                    continue  # closed by the server while idle: nothing was answered
-                raise
-            except BaseException:
-                self._drop(conn)
-                raise
-            if headers.get("connection", "").lower() == "close":
-                self._drop(conn)
-            else:
-                self._idle.append(conn)
-            problem = ""
-            if status >= 400 and body.startswith(b"{"):
-                found = re.search(rb'"type":"[^"]*/([a-z-]+)"', body)
-                problem = found.group(1).decode() if found else ""
-            return Answer(status, problem, "retry-after" in headers)
-        raise AssertionError("unreachable: the second attempt returns or raises")
-
-    async def _connect(self) -> _Conn | None:
-        if self.open >= self.max_connections:
-            return None
-        self.open += 1
-        self.peak_open = max(self.peak_open, self.open)
-        try:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-        except OSError:
-            self.open -= 1
-            raise
-        return _Conn(reader, writer)
-
-    def _drop(self, conn: _Conn) -> None:
-        self.open -= 1
-        conn.writer.close()
-
-    def close(self) -> None:
-        for conn in self._idle:
-            conn.writer.close()
-        self._idle.clear()
-
-
-def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return status, headers
 
 
 class Requests:
@@ -220,6 +140,9 @@ class Phase:
     p99_reserve_ms: float = 0.0
     p99_inventory_ms: float = 0.0
     rss_peak_mb: dict[str, float] = field(default_factory=dict)
+    cpu_at_start: dict[str, float] = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # per process, "client" too
+    front: list[dict[str, int]] = field(default_factory=list)  # HAProxy, once a second
     peak_connections: int = 0
     client_lag_ms: float = 0.0  # how late the arrival loop ran at worst (client starved)
     gateway_p99_ms: float = 0.0  # p99 of the gateway's own handling time (its histogram)
@@ -239,24 +162,14 @@ SALE_ANSWERS = {"sold-out", "limit-reached"}
 
 
 async def run_phase(
-    http: Http, requests: Requests, phase: Phase, sample: Callable[[Phase], None]
+    http: OpenLoop, requests: Requests, phase: Phase, sample: Callable[[Phase], None]
 ) -> Phase:
     """Offer ``phase.rate`` requests/s for ``phase.seconds``, open-loop; fill ``phase``."""
     loop = asyncio.get_running_loop()
     latencies: dict[str, list[float]] = {"reserve": [], "inventory": []}
-    tasks: set[asyncio.Task[None]] = set()
 
-    async def one(kind: str, product: str, raw: bytes, due: float) -> None:
+    def account(kind: str, product: str, due: float, answer: Answer | None, label: str) -> None:
         counts = phase.by_kind.setdefault(f"{kind} {product}", {})
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                answer = await http.request(raw)
-        except TimeoutError:
-            label, answer = "timeout", None
-        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
-            label, answer = f"connection: {type(exc).__name__}", None
-        else:
-            label = "" if answer is not None else "not-sent"
         if answer is None:
             if label == "not-sent":
                 phase.not_sent += 1
@@ -307,17 +220,14 @@ async def run_phase(
                     break
             _, kind, product = pick
             raw = requests.reserve(product) if kind == "reserve" else requests.inventory(product)
-            task = loop.create_task(one(kind, product, raw, due))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            http.submit(raw, functools.partial(account, kind, product, due))
             n += 1
         if now >= next_sample:
             sample(phase)
             next_sample += SAMPLE_S
         await asyncio.sleep(TICK_S)
     phase.offered = n
-    if tasks:
-        await asyncio.wait(set(tasks))
+    await http.drained()
     sample(phase)
     everything = sorted(latencies["reserve"] + latencies["inventory"])
     phase.p50_ms = _pct(everything, 0.50) * 1000
@@ -345,15 +255,44 @@ def _pids(cluster: LocalCluster) -> dict[str, int]:
     return {proc_id: proc.pid for proc_id, proc in cluster.procs.items()}
 
 
+# HAProxy's show stat: now (qcur, scur), averages in ms over its last 1,024 requests
+# (qtime...ttime), and totals (connect: connections it opened to the gateways; reuse:
+# requests sent on a kept one).
+FRONT_FIELDS = ("qcur", "scur", "qtime", "ctime", "rtime", "ttime")
+FRONT_TOTALS = ("connect", "reuse")
+
+
 def _sampler(cluster: LocalCluster) -> Callable[[Phase], None]:
     pids = _pids(cluster)
+    front = "haproxy" in cluster.procs
 
     def sample(phase: Phase) -> None:
+        cpu = {"client": _own_cpu_s()}
         for proc_id, pid in pids.items():
             mb = _status_kb(pid, "VmRSS") / 1024
             phase.rss_peak_mb[proc_id] = max(phase.rss_peak_mb.get(proc_id, 0.0), mb)
+            cpu[proc_id] = _cpu_s(pid)
+        if front:
+            # Once a second, HAProxy's view: requests queued and in service per backend,
+            # and its averages (ms, over the last 1,024 requests) of the time spent in
+            # its queue, connecting, waiting for the gateway's answer, and in all.
+            rows = haproxy.stats(cluster.dir)
+            phase.front.append({
+                f"{backend} {name}": int(rows[f"{backend}/BACKEND"].get(name) or 0)
+                for backend in ("writes", "reads") for name in FRONT_FIELDS + FRONT_TOTALS
+            })  # fmt: skip
+        # The first sample is the phase's start; each later one updates its CPU so far.
+        if not phase.cpu_at_start:
+            phase.cpu_at_start = cpu
+        else:
+            phase.cpu_s = {k: round(v - phase.cpu_at_start[k], 1) for k, v in cpu.items()}
 
     return sample
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _cpu_s(pid: int) -> float:
@@ -439,6 +378,7 @@ class Results:
     vm_hwm_mb: dict[str, float] = field(default_factory=dict)
     cpu_s: dict[str, float] = field(default_factory=dict)
     client_cpu_s: float = 0.0  # this process (the load generator), same cores
+    pinned: bool = False  # servers on one core, the client on the other (--pin servers)
     alive: dict[str, bool] = field(default_factory=dict)
     sale: dict[str, Any] = field(default_factory=dict)
     gateway_counters: dict[str, Any] = field(default_factory=dict)
@@ -456,10 +396,10 @@ def _sustained(phase: Phase, p99_ms: float) -> bool:
 
 
 async def _drive(args: argparse.Namespace, cluster: LocalCluster, results: Results) -> None:
-    listen = cluster.config.gateways[0].listen
-    http = Http(listen.host, listen.port, args.max_connections)
+    host, port = args.target
+    http = OpenLoop(host, port, args.max_connections, REQUEST_TIMEOUT_S)
     sample = _sampler(cluster)
-    requests = Requests(cluster.secret, str(listen), f"r{int(time.time())}")
+    requests = Requests(cluster.secret, f"{host}:{port}", f"r{int(time.time())}")
     try:
         rate = args.ramp_start
         sustainable = 0.0
@@ -558,11 +498,13 @@ def bench(args: argparse.Namespace) -> Results:
                          ("loop_lag_tick_ms", args.loop_lag_tick_ms))
             if v is not None
         }  # fmt: skip
-        cluster = LocalCluster(Path(tmp), 3, gateways=1, gateway_settings=limits or None)
+        cluster = LocalCluster(Path(tmp), 3, gateways=args.gateways,
+                               gateway_settings=limits or None)  # fmt: skip
         try:
             cluster.start()
             gw = cluster.config.gateways[0]
-            _wait_ready(gw.listen.url)
+            for g in cluster.config.gateways:
+                _wait_ready(g.listen.url)
             for pid, total in ((BIG, BIG_STOCK), (SMALL, SMALL_STOCK)):
                 answer = cluster.submit([{
                     "type": "create_product", "key": f"create-{pid}", "product_id": pid,
@@ -571,10 +513,24 @@ def bench(args: argparse.Namespace) -> Results:
                 }])  # fmt: skip
                 assert answer["results"][0]["ok"], answer
             time.sleep(1.0)  # the edge cache learns both products
+            args.target = (gw.listen.host, gw.listen.port)
+            if args.front == "haproxy":
+                (port,) = free_ports(1)
+                haproxy.start(cluster, f"127.0.0.1:{port}", haproxy.FrontLimits(
+                    write_slots=args.write_slots, read_slots=args.read_slots,
+                    queue_ms=args.queue_ms))  # fmt: skip
+                args.target = ("127.0.0.1", port)
             pids = _pids(cluster)
             cpu_before = {k: _cpu_s(v) for k, v in pids.items()}
             client_before = resource.getrusage(resource.RUSAGE_SELF)
-            uvloop.run(_drive(args, cluster, results))
+            # --pin servers: every server process on one core, this client alone on the
+            # other, so that "what the machine sustains" is one core's worth of servers
+            # and the client's own lateness is not in the servers' latency.
+            pin = own_core(list(pids.values()), []) if args.pin == "servers" else (
+                contextlib.nullcontext(False))  # fmt: skip
+            with pin as pinned:
+                results.pinned = bool(pinned)
+                uvloop.run(_drive(args, cluster, results))
             client_after = resource.getrusage(resource.RUSAGE_SELF)
             results.client_cpu_s = round(
                 client_after.ru_utime
@@ -662,6 +618,11 @@ def report(results: Results) -> str:
         lines.append(f"| peak RSS MB, {phase.name} | {peaks} |")
     lines.append("| VmHWM MB at the end | "
                  + " | ".join(f"{results.vm_hwm_mb[p]:,.0f}" for p in procs) + " |")  # fmt: skip
+    for phase in results.phases:
+        if not phase.name.startswith("ramp"):
+            used = " | ".join(f"{phase.cpu_s.get(p, 0):,.1f}" for p in procs)
+            lines.append(f"| CPU s, {phase.name} (client {phase.cpu_s.get('client', 0):,.1f}) "
+                         f"| {used} |")  # fmt: skip
     lines.append("| CPU s used in the run | "
                  + " | ".join(f"{results.cpu_s[p]:,.1f}" for p in procs) + " |")  # fmt: skip
     alive = " | ".join("yes" if results.alive[p] else "**no**" for p in procs)
@@ -671,10 +632,20 @@ def report(results: Results) -> str:
         for p in results.phases
         if p.write_limit_at_end is not None
     )
+    for phase in results.phases:
+        if phase.front and not phase.name.startswith("ramp"):
+            worst = {
+                k: (phase.front[-1][k] - phase.front[0][k]) if k.endswith(FRONT_TOTALS)
+                else max(s[k] for s in phase.front)
+                for k in phase.front[0]
+            }  # fmt: skip
+            lines.append(f"haproxy, {phase.name}, worst of its samples (totals: the "
+                         f"phase's): {json.dumps(worst)}")  # fmt: skip
     lines += [
         "",
         f"sustainable rate: {results.sustainable_rate:,.0f} requests/s",
-        f"load generator CPU s (this process, same cores): {results.client_cpu_s}",
+        f"load generator CPU s (this process): {results.client_cpu_s}, "
+        + ("on a core of its own (--pin servers)" if results.pinned else "same cores"),
         "gateway write cap at the end of each phase: " + caps,
         "gateway event-loop lag p99 per phase (bucket bound, ms): "
         + ", ".join(
@@ -731,8 +702,27 @@ def main(argv: list[str] | None = None) -> int:
         help="[gateway] loop_lag_tick_ms (default: the config's; 0: the write"
         " cap does not count the event loop's lag)",
     )
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes")
+    parser.add_argument(
+        "--front", choices=("none", "haproxy"), default="haproxy",
+        help="haproxy (the default): the client talks to HAProxy in front of the gateways "
+        "(Debian's haproxy package; loadtests/harness/haproxy.py); none: to one gateway",
+    )  # fmt: skip
+    front = haproxy.FrontLimits()
+    parser.add_argument("--write-slots", type=int, default=front.write_slots,
+                        help="with --front haproxy: writes in flight per gateway")  # fmt: skip
+    parser.add_argument("--read-slots", type=int, default=front.read_slots,
+                        help="with --front haproxy: reads in flight per gateway")  # fmt: skip
+    parser.add_argument("--queue-ms", type=int, default=front.queue_ms,
+                        help="with --front haproxy: longest wait for a slot, then 503")  # fmt: skip
+    parser.add_argument(
+        "--pin", choices=("none", "servers"), default="none",
+        help="servers: every server process on one core, the load generator on the other",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)
+    if args.gateways > 1 and args.front == "none":
+        parser.error("--gateways above 1 needs --front haproxy (the client talks to one address)")
     print(f"machine: {_machine()}; load average {_loadavg()}", flush=True)
     print(HEADER, flush=True)
     results = bench(args)
