@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ledger.limits import MAX_COMMANDS_PER_ENTRY
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEV_SECRET = "dev-insecure-change-me"
 ENV_PREFIX = "FLASHSALE_"
@@ -134,6 +137,9 @@ class GatewaySettings:
     # POST /session/guest mints a token for a fresh random shopper (the demo shop page).
     # None: on in development mode, off in production; true/false decides explicitly.
     guest_sessions: bool | None = None
+    # Load balancers whose X-Forwarded-For is believed (addresses or networks): behind
+    # them the bot defences key shoppers by their own address (gateway/forwarded.py).
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -605,6 +611,25 @@ def _optional_bool(table: Mapping[str, Any], key: str, section: str) -> bool | N
     raise ConfigError(f"{section}.{key}={value!r}: expected true or false")
 
 
+def _networks(table: Mapping[str, Any], key: str, section: str) -> tuple[IPNetwork, ...]:
+    """A list of IP addresses or networks (a string of them, comma-separated, from an
+    environment override); an address alone is a /32 or /128."""
+    raw = table.get(key, [])
+    if isinstance(raw, str):
+        raw = [x.strip() for x in raw.split(",") if x.strip()]
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ConfigError(f"{section}.{key}={raw!r}: expected a list of addresses or networks")
+    networks = []
+    for value in raw:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{section}.{key}: {value!r} is not an IP address or network"
+            ) from None
+    return tuple(networks)
+
+
 def _gateway_settings(g: Mapping[str, Any], base_dir: Path) -> GatewaySettings:
     d = GatewaySettings()
     settings = GatewaySettings(
@@ -631,6 +656,7 @@ def _gateway_settings(g: Mapping[str, Any], base_dir: Path) -> GatewaySettings:
         tls_cert=_optional_path(g, "tls_cert", "gateway", base_dir),
         tls_key=_optional_path(g, "tls_key", "gateway", base_dir),
         guest_sessions=_optional_bool(g, "guest_sessions", "gateway"),
+        trusted_proxies=_networks(g, "trusted_proxies", "gateway"),
     )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise ConfigError("gateway.tls_cert and gateway.tls_key: set both (HTTPS) or neither")

@@ -14,9 +14,10 @@ and ``/internal/*``), in order:
 3. heuristics: the request's score (bots.heuristics); at the policy's block_score or
    above, 403 ``blocked`` with the reasons.
 
-Every outcome is counted on ``bot_decisions``. The client IP is ``request.remote``, the
-peer of the connection: X-Forwarded-For is not trusted (anyone can send it), so behind
-a reverse proxy every client would share the proxy's address (see docs/BOTS.md).
+Every outcome is counted on ``bot_decisions``. The client IP is ``request.remote``: the
+peer of the connection, or, when that peer is one of ``[gateway] trusted_proxies``, the
+shopper it names in X-Forwarded-For (gateway.forwarded, the guard before this one);
+otherwise the header is not believed (anyone can send it), see docs/BOTS.md.
 Loopback gets no exemption, not even in development mode: the demo's one shopper fits
 the per-IP bucket with a wide margin (docs/BOTS.md), and an exemption is exactly what a
 misconfigured production (a proxy on the same host) would turn into no limits at all.

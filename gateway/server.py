@@ -31,7 +31,8 @@ from gateway.bots_api import add_bots_api
 from gateway.cluster_port import ClusterPort
 from gateway.defences import add_defences
 from gateway.edge_cache import FEED_TIMEOUT_MARGIN_S, EdgeCache, FeedFetch, FeedFollower
-from gateway.front_door import FrontDoor, add_fallback
+from gateway.forwarded import ForwardedGuard
+from gateway.front_door import FrontDoor, add_fallback, add_guard
 from gateway.front_door import install as install_front_door
 from gateway.metrics import GatewayMetrics
 from gateway.overload import InFlight, InFlightLimits, LoopLag
@@ -127,6 +128,9 @@ def create_app(
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[STATE] = state
     install_front_door(app, FrontDoor(metrics, in_flight))
+    if settings.trusted_proxies:
+        # First of the guards: every one after it sees the shopper's own address.
+        add_guard(app, ForwardedGuard(settings.trusted_proxies))
     # Lists, rate limits and heuristics (only with [bots] enabled): the first guard,
     # before add_admission's.
     add_defences(app, state)
