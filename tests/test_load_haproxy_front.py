@@ -171,3 +171,47 @@ async def _hold(host: str, port: int, request: bytes) -> None:
         await reader.read(1)  # until the test cancels it
     finally:
         writer.close()
+
+
+@needs_haproxy
+async def test_connections_to_the_gateway_are_reused_with_many_shoppers_connected(
+    tmp_path: Path,
+) -> None:
+    """HAProxy stops keeping idle server connections past a share of its file descriptors
+    (a quarter by default): with 80 shoppers' connections open under maxconn 100, every
+    request opened a new connection to the gateway. The config raises that share."""
+
+    async def fast(request: web.Request) -> web.Response:
+        return web.json_response({"fast": True})
+
+    app = web.Application()
+    app.router.add_get("/fast", fast)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    (front_port,) = free_ports(1)
+    listen = f"127.0.0.1:{front_port}"
+    limits = haproxy.FrontLimits(max_connections=100)
+    config = haproxy.write_config(tmp_path, listen, [f"{host}:{port}"], limits)
+    proc = subprocess.Popen([HAPROXY, "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        await asyncio.to_thread(haproxy.wait_listening, listen, proc)
+        for _ in range(80):
+            _, writer = await asyncio.open_connection("127.0.0.1", front_port)
+            idle.append(writer)
+        async with aiohttp.ClientSession() as session:
+            for _ in range(30):
+                async with session.get(f"http://{listen}/fast") as answer:
+                    assert answer.status == 200
+        rows = await asyncio.to_thread(haproxy.stats, tmp_path)
+        assert int(rows["reads/BACKEND"]["connect"]) <= 2
+        assert int(rows["reads/BACKEND"]["reuse"]) >= 28
+    finally:
+        for writer in idle:
+            writer.close()
+        proc.kill()  # by pid: the process this test started
+        proc.wait(10)
+        await runner.cleanup()

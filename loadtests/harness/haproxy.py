@@ -8,6 +8,10 @@ gateway taking at most ``read_slots`` reads and ``write_slots`` writes at once f
 that writes piling up never take the reads' room; a request that finds every slot taken
 waits in HAProxy's queue at most ``queue_ms``, then is answered 503 ``overloaded`` with
 Retry-After and the gateway's own problem+json body, on a connection that stays open.
+It appends the shopper's address to X-Forwarded-For (for gateways that list it in
+``[gateway] trusted_proxies``), and keeps reusing its connections to the gateways however
+many shoppers are connected (``tune.pool-*-fd-ratio``: the default stopped reusing them
+past about 3,000, and the gateways then spent their CPU accepting connections).
 
 ``render`` and ``error_answer`` are pure; ``write_config`` and ``start`` are the shell.
 """
@@ -74,6 +78,13 @@ def render(
 global
     maxconn {limits.max_connections}
     nbthread 1{stats}
+    # Keep reusing connections to the gateways however many shoppers are connected. By
+    # default HAProxy stops keeping idle server connections once a quarter of its file
+    # descriptors are in use (a fifth: it closes them), so past about 3,000 shoppers'
+    # connections here every request opened a new connection to a gateway, whose CPU
+    # then went to accepting them: the overload runs that served a third as much.
+    tune.pool-high-fd-ratio 95
+    tune.pool-low-fd-ratio 90
 
 defaults
     mode http
@@ -90,6 +101,8 @@ defaults
 frontend shoppers
     bind {listen} backlog 4096
     maxconn {limits.max_connections}
+    # The shopper's address, for gateways with this balancer in [gateway] trusted_proxies.
+    option forwardfor
     acl read method GET HEAD
     use_backend reads if read
     default_backend writes
