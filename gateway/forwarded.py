@@ -1,18 +1,18 @@
 """The shopper's address behind a trusted proxy: X-Forwarded-For, read only as far as the
 proxies the operator named (``[gateway] trusted_proxies``).
 
-Theory of operation: the bot defences and the waiting room key clients by address
-(gateway.defences, gateway.admission). Behind an HTTP load balancer every connection
-comes from the balancer, so every shopper would share one address: one rate-limit bucket
-for the whole sale. The balancer says who its client was by appending that address to
-X-Forwarded-For (HAProxy's ``option forwardfor``), but anyone can send the header, so it
-is believed only from a peer in ``trusted_proxies``, and only from the right: walking the
-list from its end, each address is the client of the hop after it, as long as that hop
-is a trusted proxy. The first address that is not a trusted proxy is the shopper;
-anything left of it was written by the shopper and is ignored. An entry that is not an
-address stops the walk at the proxy that passed it on, so a forged header can never
-choose its own bucket. With no trusted proxy configured (the default) nothing changes:
-the address is the connection's peer.
+Theory of operation: the bot defences key clients by address (gateway.defences: lists,
+per-IP rate limits, heuristics, which gateway.admission also feeds). Behind an HTTP load
+balancer every connection comes from the balancer, so every shopper would share one
+address: one rate-limit bucket for the whole sale. The balancer says who its client was
+by appending that address to X-Forwarded-For (HAProxy's ``option forwardfor``), but
+anyone can send the header, so it is believed only from a peer in ``trusted_proxies``,
+and only from the right: walking the list from its end, each address is the client of
+the hop after it, as long as that hop is a trusted proxy. The first address that is not
+a trusted proxy is the shopper; anything left of it was written by the shopper and is
+ignored. An entry that is not an address stops the walk at the proxy that passed it on,
+so a forged header can never choose its own bucket. With no trusted proxy configured
+(the default) nothing changes: the address is the connection's peer.
 
 ``client_address`` is the decision, pure; ``ForwardedGuard`` the shell (a front-door
 guard that hands the handlers a request whose ``remote`` is the shopper's address).

@@ -131,7 +131,7 @@ def create_app(
     if settings.trusted_proxies:
         # First of the guards: every one after it sees the shopper's own address.
         add_guard(app, ForwardedGuard(settings.trusted_proxies))
-    # Lists, rate limits and heuristics (only with [bots] enabled): the first guard,
+    # Lists, rate limits and heuristics (only with [bots] enabled): the next guard,
     # before add_admission's.
     add_defences(app, state)
     add_bots_api(app)
