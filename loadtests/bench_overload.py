@@ -397,10 +397,9 @@ def _sustained(phase: Phase, p99_ms: float) -> bool:
 
 async def _drive(args: argparse.Namespace, cluster: LocalCluster, results: Results) -> None:
     host, port = args.target
-    http = OpenLoop(host, port, args.max_connections, REQUEST_TIMEOUT_S)
     sample = _sampler(cluster)
     requests = Requests(cluster.secret, f"{host}:{port}", f"r{int(time.time())}")
-    try:
+    with OpenLoop(host, port, args.max_connections, REQUEST_TIMEOUT_S) as http:
         rate = args.ramp_start
         sustainable = 0.0
         for step in range(1, args.ramp_steps + 1):
@@ -452,8 +451,6 @@ async def _drive(args: argparse.Namespace, cluster: LocalCluster, results: Resul
             ("recovery", sustainable, args.recovery_seconds),
         ):
             print(_row(await measured(name, rate, seconds)), flush=True)
-    finally:
-        http.close()
 
 
 def _check_sale(cluster: LocalCluster, results: Results) -> None:

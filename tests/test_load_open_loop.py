@@ -39,9 +39,7 @@ def test_parse_answer_without_content_length_is_an_empty_body() -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[str, int, dict[str, int]]]:
-    seen = {"connections": 0}
-
+async def server() -> AsyncIterator[tuple[str, int]]:
     async def fast(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
 
@@ -66,7 +64,7 @@ async def server() -> AsyncIterator[tuple[str, int, dict[str, int]]]:
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
-        yield host, port, seen
+        yield host, port
     finally:
         await runner.cleanup()
 
@@ -82,31 +80,25 @@ async def _one(client: OpenLoop, path: str) -> tuple[Answer | None, str]:
 
 
 async def test_answers_come_back_on_one_kept_alive_connection(
-    server: tuple[str, int, dict[str, int]],
+    server: tuple[str, int],
 ) -> None:
-    host, port, _ = server
-    client = OpenLoop(host, port, max_connections=4, timeout_s=5)
-    try:
+    host, port = server
+    with OpenLoop(host, port, max_connections=4, timeout_s=5) as client:
         assert await _one(client, "/fast") == (Answer(200, "", False), "")
         assert await _one(client, "/shed") == (Answer(503, "overloaded", True), "")
         assert await _one(client, "/fast") == (Answer(200, "", False), "")
         assert client.peak_open == 1  # sequential requests reuse the connection
         assert client.pending == 0
-    finally:
-        client.close()
 
 
 async def test_a_connection_the_server_closes_is_not_reused(
-    server: tuple[str, int, dict[str, int]],
+    server: tuple[str, int],
 ) -> None:
-    host, port, _ = server
-    client = OpenLoop(host, port, max_connections=4, timeout_s=5)
-    try:
+    host, port = server
+    with OpenLoop(host, port, max_connections=4, timeout_s=5) as client:
         assert (await _one(client, "/close"))[0] == Answer(200, "", False)
         assert client.idle == []
         assert (await _one(client, "/fast"))[0] == Answer(200, "", False)
-    finally:
-        client.close()
 
 
 async def test_a_reused_connection_closed_unanswered_is_resent_once_on_a_new_one() -> None:
@@ -130,43 +122,36 @@ async def test_a_reused_connection_closed_unanswered_is_resent_once_on_a_new_one
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     host, port = server.sockets[0].getsockname()[:2]
-    client = OpenLoop(host, port, max_connections=4, timeout_s=5)
     try:
-        assert await _one(client, "/a") == (Answer(200, "", False), "")
-        assert await _one(client, "/b") == (Answer(200, "", False), "")
-        assert connections == 2
-        assert client.pending == 0
+        with OpenLoop(host, port, max_connections=4, timeout_s=5) as client:
+            assert await _one(client, "/a") == (Answer(200, "", False), "")
+            assert await _one(client, "/b") == (Answer(200, "", False), "")
+            assert connections == 2
+            assert client.pending == 0
     finally:
-        client.close()
         server.close()
         await server.wait_closed()
 
 
 async def test_beyond_max_connections_a_request_is_not_sent(
-    server: tuple[str, int, dict[str, int]],
+    server: tuple[str, int],
 ) -> None:
-    host, port, _ = server
-    client = OpenLoop(host, port, max_connections=1, timeout_s=5)
-    loop = asyncio.get_running_loop()
-    slow: asyncio.Future[tuple[Answer | None, str]] = loop.create_future()
-    try:
+    host, port = server
+    slow: asyncio.Future[tuple[Answer | None, str]] = asyncio.get_running_loop().create_future()
+    with OpenLoop(host, port, max_connections=1, timeout_s=5) as client:
         client.submit(_get("/slow"), lambda a, label: slow.set_result((a, label)))
         while not client.busy:  # the one connection is open and its request sent
             await asyncio.sleep(0.01)
         assert await _one(client, "/fast") == (None, "not-sent")
         assert client.pending == 1
-    finally:
-        client.close()
+    # Closing the client answers what was still waiting.
     assert (await slow)[1].startswith("connection:")
 
 
 async def test_a_request_unanswered_past_the_timeout_fails_as_timeout(
-    server: tuple[str, int, dict[str, int]],
+    server: tuple[str, int],
 ) -> None:
-    host, port, _ = server
-    client = OpenLoop(host, port, max_connections=2, timeout_s=0.2)
-    try:
+    host, port = server
+    with OpenLoop(host, port, max_connections=2, timeout_s=0.2) as client:
         assert await asyncio.wait_for(_one(client, "/slow"), 3) == (None, "timeout")
         await asyncio.wait_for(client.drained(), 1)
-    finally:
-        client.close()

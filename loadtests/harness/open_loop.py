@@ -195,6 +195,12 @@ class OpenLoop:
             conn.fail("timeout")
         self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
 
+    def __enter__(self) -> OpenLoop:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Close every connection and stop the sweep; a connection still being opened
         is closed when it opens."""
