@@ -70,7 +70,7 @@ import uvloop
 
 from gateway.identity import issue_token
 from loadtests.harness import haproxy
-from loadtests.harness.machine import own_core
+from loadtests.harness.machine import cpu_seconds, loadavg, own_core
 from loadtests.harness.open_loop import Answer, OpenLoop
 from tests.support.cluster import LocalCluster, free_ports
 
@@ -271,7 +271,7 @@ def _sampler(cluster: LocalCluster) -> Callable[[Phase], None]:
         for proc_id, pid in pids.items():
             mb = _status_kb(pid, "VmRSS") / 1024
             phase.rss_peak_mb[proc_id] = max(phase.rss_peak_mb.get(proc_id, 0.0), mb)
-            cpu[proc_id] = _cpu_s(pid)
+            cpu[proc_id] = cpu_seconds(pid)
         if front:
             # Once a second, HAProxy's view: requests queued and in service per backend,
             # and its averages (ms, over the last 1,024 requests) of the time spent in
@@ -293,18 +293,6 @@ def _sampler(cluster: LocalCluster) -> Callable[[Phase], None]:
 def _own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
-
-
-def _loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def _metrics(url: str) -> str:
@@ -395,8 +383,11 @@ def _sustained(phase: Phase, p99_ms: float) -> bool:
     )
 
 
-async def _drive(args: argparse.Namespace, cluster: LocalCluster, results: Results) -> None:
-    host, port = args.target
+async def _drive(
+    args: argparse.Namespace, cluster: LocalCluster, target: tuple[str, int], results: Results
+) -> None:
+    """The phases, against ``target`` (HAProxy's address, or the one gateway's)."""
+    host, port = target
     sample = _sampler(cluster)
     requests = Requests(cluster.secret, f"{host}:{port}", f"r{int(time.time())}")
     with OpenLoop(host, port, args.max_connections, REQUEST_TIMEOUT_S) as http:
@@ -485,7 +476,7 @@ def _check_sale(cluster: LocalCluster, results: Results) -> None:
 
 
 def bench(args: argparse.Namespace) -> Results:
-    results = Results(machine=_machine(), load_before=_loadavg())
+    results = Results(machine=_machine(), load_before=loadavg())
     with tempfile.TemporaryDirectory(prefix="bench-overload-") as tmp:
         limits = {
             k: v
@@ -510,16 +501,16 @@ def bench(args: argparse.Namespace) -> Results:
                 }])  # fmt: skip
                 assert answer["results"][0]["ok"], answer
             time.sleep(1.0)  # the edge cache learns both products
-            args.target = (gw.listen.host, gw.listen.port)
+            target = (gw.listen.host, gw.listen.port)
             if args.front == "haproxy":
                 (port,) = free_ports(1)
                 haproxy.start(cluster, f"127.0.0.1:{port}", haproxy.FrontLimits(
                     write_slots=args.write_slots, read_slots=args.read_slots,
                     queue_ms=args.queue_ms))  # fmt: skip
-                args.target = ("127.0.0.1", port)
+                target = ("127.0.0.1", port)
             pids = _pids(cluster)
-            cpu_before = {k: _cpu_s(v) for k, v in pids.items()}
-            client_before = resource.getrusage(resource.RUSAGE_SELF)
+            cpu_before = {k: cpu_seconds(v) for k, v in pids.items()}
+            client_before = _own_cpu_s()
             # --pin servers: every server process on one core, this client alone on the
             # other, so that "what the machine sustains" is one core's worth of servers
             # and the client's own lateness is not in the servers' latency.
@@ -527,16 +518,9 @@ def bench(args: argparse.Namespace) -> Results:
                 contextlib.nullcontext(False))  # fmt: skip
             with pin as pinned:
                 results.pinned = bool(pinned)
-                uvloop.run(_drive(args, cluster, results))
-            client_after = resource.getrusage(resource.RUSAGE_SELF)
-            results.client_cpu_s = round(
-                client_after.ru_utime
-                + client_after.ru_stime
-                - client_before.ru_utime
-                - client_before.ru_stime,
-                1,
-            )
-            results.cpu_s = {k: round(_cpu_s(v) - cpu_before[k], 1) for k, v in pids.items()}
+                uvloop.run(_drive(args, cluster, target, results))
+            results.client_cpu_s = round(_own_cpu_s() - client_before, 1)
+            results.cpu_s = {k: round(cpu_seconds(v) - cpu_before[k], 1) for k, v in pids.items()}
             results.vm_hwm_mb = {
                 k: round(_status_kb(v, "VmHWM") / 1024, 1) for k, v in pids.items()
             }
@@ -562,7 +546,7 @@ def bench(args: argparse.Namespace) -> Results:
             cluster.stop()
         finally:
             cluster.kill_all()  # by pid, every process this run started
-    results.load_after = _loadavg()
+    results.load_after = loadavg()
     return results
 
 
@@ -720,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gateways > 1 and args.front == "none":
         parser.error("--gateways above 1 needs --front haproxy (the client talks to one address)")
-    print(f"machine: {_machine()}; load average {_loadavg()}", flush=True)
+    print(f"machine: {_machine()}; load average {loadavg()}", flush=True)
     print(HEADER, flush=True)
     results = bench(args)
     if args.json is not None:

@@ -65,6 +65,30 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
+@contextlib.asynccontextmanager
+async def _in_front_of(
+    app: web.Application, directory: Path, limits: haproxy.FrontLimits
+) -> AsyncIterator[str]:
+    """Serve ``app`` on loopback with HAProxy in front of it; HAProxy's address. Both are
+    stopped at the end (HAProxy by pid)."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    (front_port,) = free_ports(1)
+    listen = f"127.0.0.1:{front_port}"
+    config = haproxy.write_config(directory, listen, [f"{host}:{port}"], limits)
+    proc = haproxy.spawn(config, subprocess.DEVNULL)
+    try:
+        await asyncio.to_thread(haproxy.wait_listening, listen, proc)
+        yield listen
+    finally:
+        proc.kill()
+        proc.wait(10)
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+
+
 @pytest.fixture
 async def front(tmp_path: Path) -> AsyncIterator[Front]:
     """HAProxy with one write slot and one read slot in front of a server whose
@@ -84,26 +108,12 @@ async def front(tmp_path: Path) -> AsyncIterator[Front]:
     app.router.add_get("/slow", slow)
     app.router.add_get("/fast", fast)
     app.router.add_post("/fast", fast)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    (front_port,) = free_ports(1)
-    listen = f"127.0.0.1:{front_port}"
     limits = haproxy.FrontLimits(write_slots=1, read_slots=1, queue_ms=200)
-    config = haproxy.write_config(tmp_path, listen, [f"{host}:{port}"], limits)
-    proc = subprocess.Popen([HAPROXY, "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        await asyncio.to_thread(haproxy.wait_listening, listen, proc)
-        yield Front(f"http://{listen}", release, held, tmp_path)
-    finally:
-        release.set()
-        proc.kill()  # by pid: the process this fixture started
-        proc.wait(10)
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
+    async with _in_front_of(app, tmp_path, limits) as listen:
+        try:
+            yield Front(f"http://{listen}", release, held, tmp_path)
+        finally:
+            release.set()  # before the server's cleanup, which waits for its handlers
 
 
 @needs_haproxy
@@ -186,32 +196,20 @@ async def test_connections_to_the_gateway_are_reused_with_many_shoppers_connecte
 
     app = web.Application()
     app.router.add_get("/fast", fast)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    (front_port,) = free_ports(1)
-    listen = f"127.0.0.1:{front_port}"
-    limits = haproxy.FrontLimits(max_connections=100)
-    config = haproxy.write_config(tmp_path, listen, [f"{host}:{port}"], limits)
-    proc = subprocess.Popen([HAPROXY, "-f", str(config), "-db"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
     idle: list[asyncio.StreamWriter] = []
-    try:
-        await asyncio.to_thread(haproxy.wait_listening, listen, proc)
-        for _ in range(80):
-            _, writer = await asyncio.open_connection("127.0.0.1", front_port)
-            idle.append(writer)
-        async with aiohttp.ClientSession() as session:
-            for _ in range(30):
-                async with session.get(f"http://{listen}/fast") as answer:
-                    assert answer.status == 200
-        rows = await asyncio.to_thread(haproxy.stats, tmp_path)
-        assert int(rows["reads/BACKEND"]["connect"]) <= 2
-        assert int(rows["reads/BACKEND"]["reuse"]) >= 28
-    finally:
-        for writer in idle:
-            writer.close()
-        proc.kill()  # by pid: the process this test started
-        proc.wait(10)
-        await runner.cleanup()
+    async with _in_front_of(app, tmp_path, haproxy.FrontLimits(max_connections=100)) as listen:
+        try:
+            host, port = listen.rsplit(":", 1)
+            for _ in range(80):
+                _, writer = await asyncio.open_connection(host, int(port))
+                idle.append(writer)
+            async with aiohttp.ClientSession() as session:
+                for _ in range(30):
+                    async with session.get(f"http://{listen}/fast") as answer:
+                        assert answer.status == 200
+            rows = await asyncio.to_thread(haproxy.stats, tmp_path)
+            assert int(rows["reads/BACKEND"]["connect"]) <= 2
+            assert int(rows["reads/BACKEND"]["reuse"]) >= 28
+        finally:
+            for writer in idle:
+                writer.close()

@@ -24,6 +24,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from tests.support.cluster import LocalCluster
 
@@ -171,14 +172,20 @@ def wait_listening(listen: str, proc: subprocess.Popen[bytes]) -> None:
             time.sleep(0.05)
 
 
+def spawn(config: Path, output: int | IO[bytes]) -> subprocess.Popen[bytes]:
+    """HAProxy in the foreground on ``config`` (``-db``), its output to ``output``; the
+    caller stops it by pid."""
+    return subprocess.Popen([executable(), "-f", str(config), "-db"], stdout=output,
+                            stderr=subprocess.STDOUT, cwd=config.parent)  # fmt: skip
+
+
 def start(cluster: LocalCluster, listen: str, limits: FrontLimits) -> None:
     """Run HAProxy on ``listen`` in front of every gateway of ``cluster``, in its
     bookkeeping (so its ``kill_all`` stops it by pid)."""
     gateways = [str(g.listen) for g in cluster.config.gateways]
     config = write_config(cluster.dir, listen, gateways, limits)
     with open(cluster.log_path("haproxy"), "ab") as out:
-        proc = subprocess.Popen([executable(), "-f", str(config), "-db"], stdout=out,
-                                stderr=subprocess.STDOUT, cwd=cluster.dir)  # fmt: skip
+        proc = spawn(config, out)
     cluster.procs["haproxy"] = proc
     cluster.started_pids.append(proc.pid)
     try:
