@@ -55,6 +55,7 @@ from pysyncobj.transport import TCPTransport
 from cluster.auth import raft_password
 from cluster.config import ClusterConfig, HostPort, NodeConfig
 from ledger import Applied, Ledger, Settings
+from node import wire
 from node.dump import DumpFile
 from node.feed import Feed
 from node.journal import DurableJournal
@@ -75,6 +76,7 @@ BIND_WAIT_S = 10.0  # a restarting node waits this long for its Raft port to be 
 EXIT_DURABILITY_FAILURE = 70  # exit status when an fsync fails (the kernel may have lost data)
 JOURNAL_FILE = "raft.journal"
 DUMP_FILE = "raft.dump"
+
 
 class _QuietResend(logging.Filter):
     """Drops pysyncobj's "truncating already-applied log entries" record while a resent
@@ -257,6 +259,7 @@ class RaftNode(SyncObj):  # type: ignore[misc]
         feed: Feed,
         metrics: NodeMetrics,
     ) -> None:
+        wire.install()  # uncompressed framing of Raft messages: see node.wire
         me = config.node(node_id)
         data_dir = config.node_data_dir(node_id)
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,68 @@
+"""A bare pysyncobj counter process, with or without node.wire's framing (for tests).
+
+``python -m tests.support.counter_peer --self A --partners B,C --framing stored|zlib
+--count N --password P --out FILE``: joins the cluster; the member that is leader commits
+``N`` increments, one entry each; every member waits until its counter reaches ``N``
+and writes ``{"value": ..., "stored": ...}`` to FILE. The test kills it by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pysyncobj import SyncObj, SyncObjConf, replicated
+
+from node import wire
+
+WAIT_S = 30.0  # for a leader, and for the counter to reach --count
+
+
+class Counter(SyncObj):  # type: ignore[misc]
+    def __init__(self, me: str, partners: list[str], password: str) -> None:
+        conf = SyncObjConf(
+            autoTick=True,
+            autoTickPeriod=0.01,
+            appendEntriesUseBatch=False,
+            dynamicMembershipChange=False,
+            password=password,
+        )
+        super().__init__(me, partners, conf)
+        self.value = 0
+
+    @replicated  # type: ignore[untyped-decorator]
+    def incr(self) -> int:
+        self.value += 1
+        return int(self.value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.counter_peer")
+    parser.add_argument("--self", dest="me", required=True)
+    parser.add_argument("--partners", required=True)
+    parser.add_argument("--framing", choices=("stored", "zlib"), required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--password", required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.framing == "stored":
+        wire.install()
+    counter = Counter(args.me, args.partners.split(","), args.password)
+    deadline = time.monotonic() + WAIT_S
+    while counter._getLeader() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if counter._isLeader():
+        for _ in range(args.count):
+            counter.incr(sync=True, timeout=10)
+    while counter.value < args.count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    args.out.write_text(json.dumps({"value": counter.value, "stored": wire.installed()}))
+    time.sleep(WAIT_S)  # stay a member until the test has every answer and kills us
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
