@@ -10,8 +10,10 @@ concurrency: every entry is synced on the leader and on the followers), 16 worke
 100 commands per entry (the micro-batching the gateway does). It prints one Markdown row
 per run: committed entries/s, commands/s and commit latency percentiles as the client saw
 them, plus the fsyncs a follower made per committed entry (below 1: group commit, several
-entries received in one tick share one fsync). Numbers depend on the disk and on what
-else runs on the machine (the cluster and the client share its cores).
+entries received in one tick share one fsync) and the CPU (user + system, read from
+/proc) the leader and the three nodes together used per committed entry. Numbers depend
+on the disk and on what else runs on the machine (the cluster and the client share its
+cores).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import aiohttp
 
+from loadtests.harness.machine import cpu_seconds
 from tests.support.cluster import LocalCluster
 
 WORKLOADS = ((1, 1), (16, 1), (16, 100))  # (concurrent workers, commands per entry)
@@ -47,6 +50,8 @@ class Run:
     p50_ms: float
     p99_ms: float
     follower_fsyncs_per_entry: float
+    leader_cpu_us_per_entry: float  # the leader's CPU (user + system) per committed entry
+    nodes_cpu_us_per_entry: float  # the same, summed over the 3 nodes
     errors: dict[str, int]
 
 
@@ -102,6 +107,8 @@ async def _measure(
     errors: dict[str, int] = {}
     followers = [n for n in cluster.node_ids if n != leader]
     syncs_before = sum(_follower_syncs(cluster, n) for n in followers)
+    pids = {n: cluster.procs[n].pid for n in cluster.node_ids}
+    cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         until = time.monotonic() + seconds
@@ -111,6 +118,7 @@ async def _measure(
                 for w in range(workers)
             )
         )
+    cpu_used = {n: cpu_seconds(pid) - cpu_before[n] for n, pid in pids.items()}
     cluster.wait_converged()
     syncs = sum(_follower_syncs(cluster, n) for n in followers) - syncs_before
     entries = len(latencies)
@@ -126,6 +134,8 @@ async def _measure(
         p50_ms=statistics.median(ordered) * 1000,
         p99_ms=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
         follower_fsyncs_per_entry=syncs / len(followers) / max(entries, 1),
+        leader_cpu_us_per_entry=cpu_used[leader] / max(entries, 1) * 1e6,
+        nodes_cpu_us_per_entry=sum(cpu_used.values()) / max(entries, 1) * 1e6,
         errors=errors,
     )
 
@@ -167,7 +177,8 @@ def bench(seconds: float) -> list[Run]:
 
 HEADER = (
     "| durability | workers | commands/entry | entries/s | commands/s | p50 ms | p99 ms "
-    "| follower fsyncs/entry |\n|---|---|---|---|---|---|---|---|"
+    "| follower fsyncs/entry | leader CPU us/entry | 3 nodes' CPU us/entry |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -175,7 +186,8 @@ def _row(r: Run) -> str:
     return (
         f"| {r.durability} | {r.workers} | {r.batch} | {r.entries_per_s:,.0f} | "
         f"{r.commands_per_s:,.0f} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | "
-        f"{r.follower_fsyncs_per_entry:.2f} |" + (f" errors: {r.errors}" if r.errors else "")
+        f"{r.follower_fsyncs_per_entry:.2f} | {r.leader_cpu_us_per_entry:,.0f} | "
+        f"{r.nodes_cpu_us_per_entry:,.0f} |" + (f" errors: {r.errors}" if r.errors else "")
     )
 
 
