@@ -5,8 +5,8 @@ On a small message nearly all of that cost is zlib setting up and tearing down i
 compressor (70-90 us on this project's machines, for a 170-byte message). That is paid
 for every AppendEntries and every acknowledgement, and it was the largest single cost on
 a busy leader's tick thread (12 % of its samples; docs/BENCHMARKS.md, "Raft messages:
-what an entry costs the nodes"). Raft peers sit on one local network, where the bytes saved do not
-pay for that CPU.
+what an entry costs the nodes"). Between the peers of a cluster, on a local network, the
+bytes that compression saves are cheaper than that CPU.
 
 ``stored`` writes the same bytes as a zlib stream of stored (uncompressed) deflate blocks,
 in about 1 us: a header, blocks of at most 65,535 bytes, the Adler-32 of the data. Any
