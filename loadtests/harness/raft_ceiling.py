@@ -43,17 +43,21 @@ class CeilingStep:
     p99_ms: float
 
 
-def _counter_class() -> type:
+def counter_class() -> type:
+    """A bare ``SyncObj`` with one replicated counter: ``Counter(me, partners,
+    password=None)``, ``incr()``, ``value``. No password is the raw ceiling (pysyncobj as
+    shipped: no encryption); tests set one, as the nodes do."""
     from pysyncobj import SyncObj, SyncObjConf, replicated
 
     class Counter(SyncObj):  # type: ignore[misc]
-        def __init__(self, me: str, partners: list[str]) -> None:
+        def __init__(self, me: str, partners: list[str], password: str | None = None) -> None:
             conf = SyncObjConf(
                 autoTick=True,
                 autoTickPeriod=TICK_S,
                 appendEntriesUseBatch=False,  # one entry per message, sent at once
                 commandsQueueSize=1_000_000,
                 dynamicMembershipChange=False,
+                password=password,
             )
             super().__init__(me, partners, conf)
             self.value = 0
@@ -105,7 +109,7 @@ def _drive(counter: object, concurrency: int, seconds: float) -> CeilingStep:
 
 def serve(me: str, partners: list[str], levels: Sequence[int], seconds: float, out: Path) -> None:
     """One process of the ceiling cluster; the leader drives and writes ``out``."""
-    counter = _counter_class()(me, partners)
+    counter = counter_class()(me, partners)
     deadline = time.monotonic() + ELECTION_WAIT_S
     while time.monotonic() < deadline:
         if counter._isReady() and counter._getLeader() is not None:

@@ -14,29 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from pysyncobj import SyncObj, SyncObjConf, replicated
-
+from loadtests.harness.raft_ceiling import counter_class
 from node import wire
 
 WAIT_S = 30.0  # for a leader, and for the counter to reach --count
-
-
-class Counter(SyncObj):  # type: ignore[misc]
-    def __init__(self, me: str, partners: list[str], password: str) -> None:
-        conf = SyncObjConf(
-            autoTick=True,
-            autoTickPeriod=0.01,
-            appendEntriesUseBatch=False,
-            dynamicMembershipChange=False,
-            password=password,
-        )
-        super().__init__(me, partners, conf)
-        self.value = 0
-
-    @replicated  # type: ignore[untyped-decorator]
-    def incr(self) -> int:
-        self.value += 1
-        return int(self.value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.framing == "stored":
         wire.install()
-    counter = Counter(args.me, args.partners.split(","), args.password)
+    counter = counter_class()(args.me, args.partners.split(","), args.password)
     deadline = time.monotonic() + WAIT_S
     while counter._getLeader() is None and time.monotonic() < deadline:
         time.sleep(0.05)
