@@ -64,49 +64,49 @@ def test_peers_with_and_without_the_framing_replicate_together(tmp_path: Path) -
     addrs = [f"127.0.0.1:{p}" for p in ports]
     framings = ["stored", "zlib", "zlib"]
     procs: list[subprocess.Popen[bytes]] = []
+    logs = [tmp_path / f"peer{i}.log" for i in range(3)]
     try:
         for i, addr in enumerate(addrs):
             partners = ",".join(a for a in addrs if a != addr)
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "tests.support.counter_peer",
-                        "--self",
-                        addr,
-                        "--partners",
-                        partners,
-                        "--framing",
-                        framings[i],
-                        "--count",
-                        "200",
-                        "--password",
-                        "a-shared-raft-password-for-this-test",
-                        "--out",
-                        str(tmp_path / f"peer{i}.json"),
-                    ],
-                    cwd=REPO,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
+            with logs[i].open("wb") as log:
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "tests.support.counter_peer",
+                            "--self",
+                            addr,
+                            "--partners",
+                            partners,
+                            "--framing",
+                            framings[i],
+                            "--count",
+                            "200",
+                            "--password",
+                            "a-shared-raft-password-for-this-test",
+                            "--out",
+                            str(tmp_path / f"peer{i}.json"),
+                        ],
+                        cwd=REPO,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
                 )
-            )
         outs = [tmp_path / f"peer{i}.json" for i in range(3)]
         deadline = time.monotonic() + 60
         while not all(o.exists() for o in outs) and time.monotonic() < deadline:
-            assert all(p.poll() is None for p in procs), "a peer exited early"
+            assert all(p.poll() is None for p in procs), _tails(logs)
             time.sleep(0.1)
         answers = [json.loads(o.read_text()) for o in outs]
     finally:
         for p in procs:
-            with_pid_killed(p)
-    assert [a["value"] for a in answers] == [200, 200, 200]
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+    assert [a["value"] for a in answers] == [200, 200, 200], _tails(logs)
     assert [a["stored"] for a in answers] == [True, False, False]
 
 
-def with_pid_killed(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-    if proc.stderr is not None:
-        proc.stderr.close()
+def _tails(logs: list[Path]) -> str:
+    return "\n".join(f"{log.name}: {log.read_text()[-2000:]}" for log in logs)

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
             counter.incr(sync=True, timeout=10)
     while counter.value < args.count and time.monotonic() < deadline:
         time.sleep(0.05)
-    args.out.write_text(json.dumps({"value": counter.value, "stored": wire.installed()}))
+    partial = args.out.with_suffix(".partial")  # renamed whole: the test never reads half
+    partial.write_text(json.dumps({"value": counter.value, "stored": wire.installed()}))
+    partial.rename(args.out)
     time.sleep(WAIT_S)  # stay a member until the test has every answer and kills us
     return 0
 
