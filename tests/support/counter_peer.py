@@ -1,8 +1,9 @@
 """A bare pysyncobj counter process, with or without node.wire's framing (for tests).
 
 ``python -m tests.support.counter_peer --self A --partners B,C --framing stored|zlib
---count N --password P --out FILE``: joins the cluster; the member that is leader commits
-``N`` increments, one entry each; every member waits until its counter reaches ``N``
+--count N --password P --out FILE``: joins the cluster; whichever member leads commits
+increments, one entry each, until the counter reaches ``N`` (a new leader carries on
+after an election); every member waits until its counter reaches ``N``
 and writes ``{"value": ..., "stored": ...}`` to FILE. The test kills it by pid.
 """
 
@@ -13,6 +14,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from pysyncobj import SyncObjException
 
 from loadtests.harness.raft_ceiling import counter_class
 from node import wire
@@ -33,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
         wire.install()
     counter = counter_class()(args.me, args.partners.split(","), args.password)
     deadline = time.monotonic() + WAIT_S
-    while counter._getLeader() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if counter._isLeader():
-        for _ in range(args.count):
-            counter.incr(sync=True, timeout=10)
     while counter.value < args.count and time.monotonic() < deadline:
-        time.sleep(0.05)
+        if not counter._isLeader():
+            time.sleep(0.05)  # a follower waits; it takes over if it becomes the leader
+            continue
+        try:
+            counter.incr(sync=True, timeout=5)
+        except SyncObjException:  # leadership moved or timed out: look again
+            time.sleep(0.05)
     partial = args.out.with_suffix(".partial")  # renamed whole: the test never reads half
     partial.write_text(json.dumps({"value": counter.value, "stored": wire.installed()}))
     partial.rename(args.out)
